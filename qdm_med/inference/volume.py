@@ -280,8 +280,8 @@ class SliceWiseInferencer:
         if isinstance(sr_fn, torch.nn.Module):
             sr_fn = sr_fn.to(self.device).eval()
         self.sr_fn = sr_fn
-        self.to_unit = HUWindow(hu_min=self.window[0], hu_max=self.window[1])
-        self.to_hu = InverseHUWindow(hu_min=self.window[0], hu_max=self.window[1])
+        self.to_unit = HUWindow(self.window[0], self.window[1])
+        self.to_hu = InverseHUWindow(self.window[0], self.window[1])
         self.stats: dict[str, Any] = {}
 
     # one LR batch in [-1, 1] -> SR batch in [-1, 1], through the tiler, collecting last_info per call
