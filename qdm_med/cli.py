@@ -142,7 +142,7 @@ def data_list(
     for row in rows:
         spacing = " x ".join(f"{float(s):.3g}" for s in row.get("spacing", ()))
         shape = " x ".join(str(int(s)) for s in row.get("shape", ()))
-        table.add_row(str(row.get("patient")), shape, spacing, str(row.get("source")))
+        table.add_row(str(row.get("patient")), shape, spacing, str(row.get("source")).split(" (")[0])
     Console().print(table)
 
 
