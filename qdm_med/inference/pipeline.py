@@ -1,0 +1,121 @@
+"""The LR -> SR module a bundle ships: first stage + dual-stream QDM + residual-shift diffusion + sampler.
+
+:class:`QDMSuperResolution` maps a batch of LR images (B, C, h, w) in [-1, 1] to SR images
+(B, C, h*s, w*s) in [-1, 1]:
+
+1. pad the LR (replicate) so the latent is a multiple of the model stride (cropped back at the end);
+2. bicubic-upsample to HR size and encode: ``y`` (B, Cz, H/4, W/4);
+3. QDM masks from the LR (Algorithm 1 at ``threshold``): diffusion mask at latent size, token mask at latent/2;
+4. the sampler's timestep plan (``uniform`` / ``tds`` / ``tss``, ``steps``) and the masked reverse diffusion,
+   sparse by default (only windows with active tokens run the downstream stream);
+5. decode and clamp.
+
+Its ``state_dict()`` (first stage + QDM weights + buffers) is a bundle's ``models/model.pt``; MONAI
+Deploy's bundle operator loads it into ``network_def`` and calls the inferer on it. ``last_info`` holds
+mask density, active windows, MACs (QDM steps + decoder) and timings of the last call.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from qdm_med.diffusion import SAMPLERS, ResShiftDiffusion, make_plan
+from qdm_med.errors import ConfigError
+from qdm_med.quadtree import qdm_masks
+
+__all__ = ["QDMSuperResolution"]
+
+
+class QDMSuperResolution(nn.Module):
+    """LR -> SR with QDM (see module docstring).
+
+    Args:
+        first_stage: a :mod:`qdm_med.models.first_stage` module.
+        qdm: the :class:`~qdm_med.models.qdm.DualStreamQDM`.
+        diffusion: the :class:`~qdm_med.diffusion.ResShiftDiffusion` process (schedule).
+        scale: SR factor (4 or 8).
+        sampler / steps: timestep plan (``uniform``, ``tds``, ``tss``) and its number of steps.
+        threshold: quadtree threshold on the [-1, 1] scale (0 = dense masks).
+        sparse: use the sparse window path (False: dense downstream everywhere, same result on a full mask).
+        chunk_size: windows per downstream call.
+        sampler_params: extra parameters of the sampler (e.g. TDS ``a``, ``n``).
+    """
+
+    def __init__(self, first_stage: nn.Module, qdm: nn.Module, diffusion: ResShiftDiffusion | None = None, scale: int = 8,
+                 sampler: str = "tss", steps: int = 7, threshold: float = 0.15, sparse: bool = True, chunk_size: int = 64,
+                 sampler_params: dict | None = None) -> None:
+        super().__init__()
+        self.first_stage, self.qdm = first_stage, qdm
+        self.diffusion = diffusion if diffusion is not None else ResShiftDiffusion()
+        self.scale = int(scale)
+        self.in_channels = int(first_stage.in_channels)
+        self.sparse, self.chunk_size = bool(sparse), int(chunk_size)
+        self.sampler_params = dict(sampler_params or {})
+        self.sampler, self.steps, self.threshold = "uniform", 1, 0.0
+        self.configure(steps=steps, sampler=sampler, threshold=threshold)
+        self.last_info: dict = {}
+
+    def configure(self, steps: int | None = None, sampler: str | None = None, threshold: float | None = None) -> None:
+        """Change the sampling options (validated: ConfigError with one line)."""
+        if sampler is not None:
+            if sampler not in SAMPLERS:
+                raise ConfigError(f"sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+            self.sampler = str(sampler)
+        if steps is not None:
+            T = self.diffusion.num_timesteps
+            if not 1 <= int(steps) <= T:
+                raise ConfigError(f"steps {steps}: must be between 1 and {T} (the trained schedule)")
+            self.steps = int(steps)
+        if threshold is not None:
+            if not math.isfinite(float(threshold)) or float(threshold) < 0:
+                raise ConfigError(f"threshold {threshold}: must be >= 0")
+            self.threshold = float(threshold)
+
+    @property
+    def lr_multiple(self) -> int:
+        """LR size multiple that makes the latent a multiple of the model stride."""
+        hr_multiple = self.qdm.multiple * self.first_stage.factor
+        return max(1, hr_multiple // math.gcd(hr_multiple, self.scale))
+
+    def forward(self, lr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, C, h, w) in [-1, 1] -> (B, C, h*s, w*s) in [-1, 1]."""
+        if lr.ndim != 4 or lr.shape[1] != self.in_channels:
+            raise ValueError(f"expected LR (B, {self.in_channels}, h, w), got {tuple(lr.shape)}")
+        b, _, h, w = lr.shape
+        m = self.lr_multiple
+        hp, wp = -(-h // m) * m, -(-w // m) * m
+        lr_p = F.pad(lr, (0, wp - w, 0, hp - h), mode="replicate") if (hp, wp) != (h, w) else lr
+        timings = {}
+        t0 = time.perf_counter()
+        up = F.interpolate(lr_p, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(-1, 1)
+        y = self.first_stage.encode(up)
+        timings["encode"] = time.perf_counter() - t0
+        masks = qdm_masks(lr_p, self.threshold, self.scale, self.first_stage.factor)
+        lat_hw = tuple(y.shape[-2:])
+        plan = make_plan(self.sampler, self.steps, self.diffusion.num_timesteps, lr=lr_p, latent_size=lat_hw, **self.sampler_params)
+        t0 = time.perf_counter()
+        x0, info = self.diffusion.sample(
+            self.qdm, y, lr_p, diffusion_mask=masks.diffusion, token_mask=masks.token, timesteps=plan,
+            generator=generator, sparse=self.sparse, chunk_size=self.chunk_size,
+        )
+        timings["sample"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = self.first_stage.decode(x0)
+        timings["decode"] = time.perf_counter() - t0
+        decode_macs = int(self.first_stage.decode_macs(lat_hw, b))
+        qdm_macs = info.get("macs")
+        self.last_info = {
+            "sampler": self.sampler, "steps": self.steps, "threshold": self.threshold, "sparse": self.sparse,
+            "mask_density": float(masks.token.float().mean()),
+            "diffusion_mask_density": float(masks.diffusion.float().mean()),
+            "active_windows": info.get("active_windows"), "total_windows": info.get("total_windows"),
+            "macs_qdm": qdm_macs, "macs_decode": decode_macs,
+            "macs": None if qdm_macs is None else int(qdm_macs) + decode_macs,
+            "timesteps": info.get("timesteps"), "timings": timings,
+        }
+        return out[..., : h * self.scale, : w * self.scale].clamp(-1, 1)

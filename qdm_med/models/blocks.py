@@ -1,0 +1,200 @@
+"""Building blocks of the dual-stream QDM transformer (DiT-style, adaLN-Zero).
+
+Conditioning ``c`` is either per sample ``(B, D)`` or per token ``(B, N, D)`` (the spatial timestep
+map of TSS's SDS). :func:`modulate` and the blocks accept both; with a constant per-token ``c`` they
+give exactly the per-sample result.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "modulate",
+    "TimestepEmbedder",
+    "AttentionCore",
+    "SelfAttention",
+    "CrossAttention",
+    "Mlp",
+    "DiTBlock",
+    "WindowCrossBlock",
+    "FinalLayer",
+    "sincos_pos_embed_2d",
+]
+
+
+def _per_token(c: torch.Tensor) -> torch.Tensor:
+    """(B, D) -> (B, 1, D) so it broadcasts over tokens; (B, N, D) unchanged."""
+    return c.unsqueeze(1) if c.ndim == 2 else c
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation ``x * (1 + scale) + shift`` with per-sample or per-token parameters."""
+    return x * (1 + _per_token(scale)) + _per_token(shift)
+
+
+class TimestepEmbedder(nn.Module):
+    """Real-valued timestep -> vector: sinusoidal features (``freq_dim``) then an MLP.
+
+    ``t`` may be (B,) or (B, N) (per token); output (B, D) or (B, N, D).
+    """
+
+    def __init__(self, hidden: int, freq_dim: int = 256, max_period: float = 10000.0) -> None:
+        super().__init__()
+        self.freq_dim, self.max_period = freq_dim, max_period
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def frequencies(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = t.float()[..., None] * freqs
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.frequencies(t).to(self.mlp[0].weight.dtype))
+
+
+class AttentionCore(nn.Module):
+    """softmax(q k^T / sqrt(d)) v on (B, heads, N, d) tensors (its own module so MAC hooks can see it)."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"hidden size {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.core = AttentionCore()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return self.proj(self.core(q, k, v).transpose(1, 2).reshape(b, n, d))
+
+
+class CrossAttention(nn.Module):
+    """Queries from window tokens, keys/values from the upstream hidden states.
+
+    ``project_kv(context)`` runs once per sampling step for the whole batch; ``forward(x, kv)`` takes the
+    projected keys/values already indexed to each window's batch item.
+    """
+
+    def __init__(self, dim: int, context_dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"hidden size {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim, 2 * dim)
+        self.core = AttentionCore()
+        self.proj = nn.Linear(dim, dim)
+
+    def project_kv(self, context: torch.Tensor) -> torch.Tensor:
+        """(B, M, context_dim) -> (B, 2, heads, M, d)."""
+        b, m, _ = context.shape
+        d = self.q.out_features
+        return self.kv(context).view(b, m, 2, self.heads, d // self.heads).permute(0, 2, 3, 1, 4)
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q = self.q(x).view(b, n, self.heads, d // self.heads).transpose(1, 2)
+        return self.proj(self.core(q, kv[:, 0], kv[:, 1]).transpose(1, 2).reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, ratio: float = 4.0) -> None:
+        super().__init__()
+        hidden = int(dim * ratio)
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DiTBlock(nn.Module):
+    """Self-attention + MLP with adaLN-Zero (6 modulation vectors from ``c``)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, mlp_ratio)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def modulation(self, c: torch.Tensor) -> torch.Tensor:
+        return self.ada(c)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, mod: torch.Tensor | None = None) -> torch.Tensor:
+        mod = self.modulation(c) if mod is None else mod
+        sh1, sc1, g1, sh2, sc2, g2 = mod.chunk(6, dim=-1)
+        x = x + _per_token(g1) * self.attn(modulate(self.norm1(x), sh1, sc1))
+        return x + _per_token(g2) * self.mlp(modulate(self.norm2(x), sh2, sc2))
+
+
+class WindowCrossBlock(nn.Module):
+    """Downstream block on window tokens: window self-attention + MLP, then cross-attention to the
+    upstream hidden states + MLP; adaLN-Zero (12 modulation vectors)."""
+
+    def __init__(self, dim: int, context_dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        norm = lambda: nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)  # noqa: E731
+        self.norm1, self.norm2, self.norm3, self.norm4 = norm(), norm(), norm(), norm()
+        self.attn = SelfAttention(dim, heads)
+        self.mlp1 = Mlp(dim, mlp_ratio)
+        self.cross = CrossAttention(dim, context_dim, heads)
+        self.mlp2 = Mlp(dim, mlp_ratio)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 12 * dim))
+
+    def modulation(self, c: torch.Tensor) -> torch.Tensor:
+        return self.ada(c)
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        m = mod.chunk(12, dim=-1)
+        x = x + _per_token(m[2]) * self.attn(modulate(self.norm1(x), m[0], m[1]))
+        x = x + _per_token(m[5]) * self.mlp1(modulate(self.norm2(x), m[3], m[4]))
+        x = x + _per_token(m[8]) * self.cross(modulate(self.norm3(x), m[6], m[7]), kv)
+        return x + _per_token(m[11]) * self.mlp2(modulate(self.norm4(x), m[9], m[10]))
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift, scale) + linear to ``patch * patch * out_channels`` per token."""
+
+    def __init__(self, dim: int, patch: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, patch * patch * out_channels)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def modulation(self, c: torch.Tensor) -> torch.Tensor:
+        return self.ada(c)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, mod: torch.Tensor | None = None) -> torch.Tensor:
+        mod = self.modulation(c) if mod is None else mod
+        shift, scale = mod.chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """(grid_h * grid_w, dim) fixed 2D sin-cos embedding (MAE/DiT form) for any rectangular grid."""
+    if dim % 4:
+        raise ValueError(f"embedding size {dim} must be divisible by 4")
+
+    def one_d(d: int, pos: np.ndarray) -> np.ndarray:
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = np.outer(pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    gy, gx = np.meshgrid(np.arange(grid_h, dtype=np.float64), np.arange(grid_w, dtype=np.float64), indexing="ij")
+    emb = np.concatenate([one_d(dim // 2, gy), one_d(dim // 2, gx)], axis=1)
+    return torch.from_numpy(emb).float()

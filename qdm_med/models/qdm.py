@@ -1,0 +1,314 @@
+"""The dual-stream QDM transformer (SPEC section 4).
+
+Input: the normalised latent ``x_in`` (B, Cz, h, w), the timestep ``t`` ((B,) real-valued, or a
+per-pixel map (B, 1, h, w) for SDS) and the LR image (B, C, H_lr, W_lr), resized to the latent size
+(bicubic when smaller) and concatenated to ``x_in``. The latent is padded (replicate) to a multiple of
+16 = 2 x 8 (downstream patch x window) and of the upstream patch, and outputs are cropped back.
+
+- Upstream: DiT on 8x8 patches -> coarse x0 prediction ``up`` and its final hidden states.
+- Downstream: 2x2 patches -> tokens in non-overlapping windows of 8x8 tokens (16x16 latent pixels);
+  each block does window self-attention + MLP, then cross-attention to the upstream hidden states + MLP.
+  Keys/values of the upstream states are projected once per call and shared by all windows.
+
+``forward`` (training) runs the downstream everywhere and returns ``(down, up)``. ``forward_sparse``
+(inference) gathers the windows holding an active token from the whole batch, runs them in chunks,
+scatters them back and returns ``down * m + up * (1 - m)``; a window without active tokens costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from qdm_med.models.blocks import DiTBlock, FinalLayer, TimestepEmbedder, WindowCrossBlock, sincos_pos_embed_2d
+
+__all__ = ["QDM_CONFIGS", "DualStreamQDM", "build_qdm"]
+
+#: hidden / depth / heads of both streams (downstream keys default to the upstream's).
+QDM_CONFIGS: dict[str, dict[str, Any]] = {
+    "S": {"hidden": 384, "depth": 6, "heads": 6},
+    "B": {"hidden": 768, "depth": 6, "heads": 12},
+    "L": {"hidden": 1024, "depth": 12, "heads": 16},
+    # Sizes that train on a 2-core CPU.
+    "cpu_small": {"hidden": 128, "depth": 4, "heads": 4, "down_hidden": 96, "down_depth": 2, "down_heads": 4},
+    "tiny": {"hidden": 32, "depth": 2, "heads": 2, "down_hidden": 32, "down_depth": 1, "down_heads": 2},
+}
+
+
+class DualStreamQDM(nn.Module):
+    """Dual-stream transformer; see the module docstring. MODEL PROTOCOL of :mod:`qdm_med.diffusion`.
+
+    Args:
+        latent_channels: Cz of the first stage's latent.
+        lr_channels: channels of the LR image (1 for CT, 3 for photos).
+        hidden, depth, heads: upstream DiT size; ``down_*`` the downstream's (default: the same).
+        up_patch: upstream patch size (8); down_patch: downstream patch (2); window: tokens per window side (8).
+    """
+
+    def __init__(
+        self,
+        latent_channels: int,
+        lr_channels: int,
+        hidden: int = 128,
+        depth: int = 4,
+        heads: int = 4,
+        down_hidden: int | None = None,
+        down_depth: int | None = None,
+        down_heads: int | None = None,
+        up_patch: int = 8,
+        down_patch: int = 2,
+        window: int = 8,
+        mlp_ratio: float = 4.0,
+        lr_interp: str = "bicubic",
+    ) -> None:
+        super().__init__()
+        self.latent_channels, self.lr_channels = int(latent_channels), int(lr_channels)
+        self.hidden, self.depth, self.heads = int(hidden), int(depth), int(heads)
+        self.down_hidden = int(down_hidden or hidden)
+        self.down_depth = int(down_depth if down_depth is not None else depth)
+        self.down_heads = int(down_heads or heads)
+        self.up_patch, self.down_patch, self.window = int(up_patch), int(down_patch), int(window)
+        self.mlp_ratio, self.lr_interp = float(mlp_ratio), lr_interp
+        self.win_px = self.down_patch * self.window  # latent pixels per window side (16)
+        self.multiple = math.lcm(self.up_patch, self.win_px)
+        cin = self.latent_channels + self.lr_channels
+        # upstream
+        self.up_embed = nn.Conv2d(cin, self.hidden, self.up_patch, stride=self.up_patch)
+        self.up_t = TimestepEmbedder(self.hidden)
+        self.up_blocks = nn.ModuleList([DiTBlock(self.hidden, self.heads, mlp_ratio) for _ in range(self.depth)])
+        self.up_final = FinalLayer(self.hidden, self.up_patch, self.latent_channels)
+        # downstream
+        self.down_embed = nn.Conv2d(cin, self.down_hidden, self.down_patch, stride=self.down_patch)
+        self.down_t = TimestepEmbedder(self.down_hidden)
+        self.down_blocks = nn.ModuleList(
+            [WindowCrossBlock(self.down_hidden, self.hidden, self.down_heads, mlp_ratio) for _ in range(self.down_depth)]
+        )
+        self.down_final = FinalLayer(self.down_hidden, self.down_patch, self.latent_channels)
+        self.initialize_weights()
+
+    # ----------------------------------------------------------------------------------------- init
+    def initialize_weights(self) -> None:
+        """DiT initialisation: xavier linears, zero adaLN and output layers (each block starts as identity)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for emb in (self.up_embed, self.down_embed):
+            nn.init.xavier_uniform_(emb.weight.view(emb.weight.shape[0], -1))
+            nn.init.zeros_(emb.bias)
+        for te in (self.up_t, self.down_t):
+            nn.init.normal_(te.mlp[0].weight, std=0.02)
+            nn.init.normal_(te.mlp[2].weight, std=0.02)
+        for blk in [*self.up_blocks, *self.down_blocks, self.up_final, self.down_final]:
+            nn.init.zeros_(blk.ada[-1].weight)
+            nn.init.zeros_(blk.ada[-1].bias)
+        for fin in (self.up_final, self.down_final):
+            nn.init.zeros_(fin.linear.weight)
+            nn.init.zeros_(fin.linear.bias)
+
+    # ------------------------------------------------------------------------------------- helpers
+    def _prepare(self, x_in: torch.Tensor, t, lr: torch.Tensor):
+        """Concatenate the resized LR, pad to the stride; returns (x (B,Cin,Hp,Wp), t (B,) or (B,1,Hp,Wp), (h, w))."""
+        b, _, h, w = x_in.shape
+        lr = lr.to(x_in.dtype)
+        if tuple(lr.shape[-2:]) != (h, w):
+            smaller = lr.shape[-2] < h or lr.shape[-1] < w
+            mode = self.lr_interp if smaller else "area"
+            kw = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+            lr = F.interpolate(lr, size=(h, w), mode=mode, **kw)
+        x = torch.cat([x_in, lr], dim=1)
+        t = torch.as_tensor(t, dtype=x_in.dtype, device=x_in.device)
+        if t.ndim == 0:
+            t = t.expand(b)
+        hp, wp = -(-h // self.multiple) * self.multiple, -(-w // self.multiple) * self.multiple
+        pad = (0, wp - w, 0, hp - h)
+        if hp != h or wp != w:
+            x = F.pad(x, pad, mode="replicate")
+        if t.ndim == 4:
+            if tuple(t.shape[-2:]) != (h, w):
+                raise ValueError(f"timestep map {tuple(t.shape)} does not match the latent size {(h, w)}")
+            t = F.pad(t, pad, mode="replicate") if (hp != h or wp != w) else t
+        elif t.ndim != 1:
+            raise ValueError(f"t must be (B,) or (B, 1, h, w), got {tuple(t.shape)}")
+        return x, t, (h, w)
+
+    def _pos(self, dim: int, gh: int, gw: int, ref: torch.Tensor) -> torch.Tensor:
+        return sincos_pos_embed_2d(dim, gh, gw).to(device=ref.device, dtype=ref.dtype)
+
+    def _upstream(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coarse prediction (B, Cz, Hp, Wp) and final hidden states (B, Nu, D)."""
+        b, _, hp, wp = x.shape
+        p = self.up_patch
+        gh, gw = hp // p, wp // p
+        tok = self.up_embed(x).flatten(2).transpose(1, 2) + self._pos(self.hidden, gh, gw, x)
+        c = self.up_t(t if t.ndim == 1 else F.avg_pool2d(t, p).flatten(1))
+        for blk in self.up_blocks:
+            tok = blk(tok, c)
+        out = self.up_final(tok, c)  # (B, Nu, p*p*Cz)
+        out = out.view(b, gh, gw, p, p, self.latent_channels).permute(0, 5, 1, 3, 2, 4).reshape(b, self.latent_channels, hp, wp)
+        return out, tok
+
+    def _down_conditioning(self, t: torch.Tensor, b: int, hp: int, wp: int):
+        """Per-sample modulations [(B, 12D) per block, (B, 2D) final], or per-token timestep windows (B*nWin, 64)."""
+        if t.ndim == 1:
+            c = self.down_t(t)
+            return [blk.modulation(c) for blk in self.down_blocks] + [self.down_final.modulation(c)], None
+        tw = self._windows(F.avg_pool2d(t, self.down_patch), self.window)  # (B*nWin, 1, 8, 8)
+        return None, tw.flatten(1)
+
+    @staticmethod
+    def _windows(x: torch.Tensor, size: int) -> torch.Tensor:
+        """(B, C, H, W) -> (B * nH * nW, C, size, size), windows in row-major order per image."""
+        b, c, h, w = x.shape
+        nh, nw = h // size, w // size
+        return x.view(b, c, nh, size, nw, size).permute(0, 2, 4, 1, 3, 5).reshape(b * nh * nw, c, size, size)
+
+    @staticmethod
+    def _unwindows(xw: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+        """Inverse of :meth:`_windows`."""
+        n, c, s, _ = xw.shape
+        nh, nw = h // s, w // s
+        return xw.view(b, nh, nw, c, s, s).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+    def _run_windows(self, tok: torch.Tensor, bidx: torch.Tensor, widx: torch.Tensor, kvs, mods, t_tok, pos_w) -> torch.Tensor:
+        """Downstream blocks on gathered window tokens (n, 64, Dd) -> pixels (n, Cz, 16, 16).
+
+        ``bidx``/``widx``: batch item and window position of each row; ``kvs``: per block (B, 2, heads, Nu, d);
+        ``mods``: per-sample modulations (or None with ``t_tok`` (B*nWin, 64) per-token timesteps).
+        """
+        tok = tok + pos_w[widx]
+        if mods is None:
+            c = self.down_t(t_tok)  # (n, 64, Dd)
+            block_mods = [blk.modulation(c) for blk in self.down_blocks]
+            final_mod = self.down_final.modulation(c)
+        else:
+            block_mods = [m[bidx] for m in mods[:-1]]
+            final_mod = mods[-1][bidx]
+        for blk, kv, mod in zip(self.down_blocks, kvs, block_mods):
+            tok = blk(tok, kv[bidx], mod)
+        out = self.down_final(tok, mod=final_mod)  # (n, 64, 4*Cz)
+        n, p, s = tok.shape[0], self.down_patch, self.window
+        return out.view(n, s, s, p, p, self.latent_channels).permute(0, 5, 1, 3, 2, 4).reshape(n, self.latent_channels, s * p, s * p)
+
+    def _down_setup(self, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor):
+        b, _, hp, wp = x.shape
+        nwin = (hp // self.win_px) * (wp // self.win_px)
+        pos_w = self._windows(
+            self._pos(self.down_hidden, hp // self.down_patch, wp // self.down_patch, x).T.reshape(1, self.down_hidden, hp // self.down_patch, wp // self.down_patch),
+            self.window,
+        ).flatten(2).transpose(1, 2)  # (nWin, 64, Dd)
+        kvs = [blk.cross.project_kv(hidden) for blk in self.down_blocks]
+        mods, t_tok = self._down_conditioning(t, b, hp, wp)
+        return nwin, pos_w, kvs, mods, t_tok
+
+    # ------------------------------------------------------------------------------------- forward
+    def forward(self, x_in: torch.Tensor, t, lr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dense path: ``(down, up)``, both (B, Cz, h, w); the downstream runs on every window."""
+        x, t, (h, w) = self._prepare(x_in, t, lr)
+        b, _, hp, wp = x.shape
+        up, hidden = self._upstream(x, t)
+        nwin, pos_w, kvs, mods, t_tok = self._down_setup(x, t, hidden)
+        grid = self.down_embed(x)  # (B, Dd, Hp/2, Wp/2), full-image patch embedding
+        tok = self._windows(grid, self.window).flatten(2).transpose(1, 2)  # (B*nWin, 64, Dd)
+        ids = torch.arange(b * nwin, device=x.device)
+        down = self._run_windows(tok, ids // nwin, ids % nwin, kvs, mods, t_tok, pos_w)
+        down = self._unwindows(down, b, hp, wp)
+        return down[..., :h, :w], up[..., :h, :w]
+
+    def forward_sparse(self, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: torch.Tensor | None, chunk_size: int = 64):
+        """Sparse path: ``(down * m + up * (1 - m), info)``; only windows with an active token are computed.
+
+        Args:
+            token_mask: (B, ceil(h/2), ceil(w/2)) bool (None = all active).
+            chunk_size: windows per downstream call (bounds memory).
+        Returns:
+            prediction (B, Cz, h, w) and ``{"active_windows", "total_windows", "macs"}``.
+        """
+        x, t, (h, w) = self._prepare(x_in, t, lr)
+        b, _, hp, wp = x.shape
+        g2h, g2w = hp // self.down_patch, wp // self.down_patch
+        if token_mask is None:
+            tok_mask = torch.ones(b, g2h, g2w, dtype=torch.bool, device=x.device)
+        else:
+            tm = torch.as_tensor(token_mask, device=x.device).bool()
+            if tm.shape[0] != b or tm.shape[1] > g2h or tm.shape[2] > g2w:
+                raise ValueError(f"token mask {tuple(tm.shape)} does not fit the token grid {(b, g2h, g2w)}")
+            tok_mask = torch.zeros(b, g2h, g2w, dtype=torch.bool, device=x.device)
+            tok_mask[:, : tm.shape[1], : tm.shape[2]] = tm
+        up, hidden = self._upstream(x, t)
+        win_active = self._windows(tok_mask[:, None].float(), self.window).flatten(1).amax(1) > 0  # (B*nWin,)
+        idx = torch.nonzero(win_active).flatten()
+        nwin = (hp // self.win_px) * (wp // self.win_px)
+        pred = up
+        if idx.numel() > 0:
+            nwin, pos_w, kvs, mods, t_tok = self._down_setup(x, t, hidden)
+            xw = self._windows(x, self.win_px)  # view-based gather source (B*nWin, Cin, 16, 16)
+            down_w = x.new_zeros(b * nwin, self.latent_channels, self.win_px, self.win_px)
+            for start in range(0, idx.numel(), max(1, int(chunk_size))):
+                sel = idx[start : start + max(1, int(chunk_size))]
+                tok = self.down_embed(xw.index_select(0, sel)).flatten(2).transpose(1, 2)
+                tt = None if t_tok is None else t_tok.index_select(0, sel)
+                down_w[sel] = self._run_windows(tok, sel // nwin, sel % nwin, kvs, mods, tt, pos_w)
+            down = self._unwindows(down_w, b, hp, wp)
+            m = F.interpolate(tok_mask[:, None].float(), scale_factor=self.down_patch, mode="nearest") > 0.5
+            pred = torch.where(m, down, up)
+        info = {
+            "active_windows": int(idx.numel()),
+            "total_windows": int(b * nwin),
+            "macs": self.macs((h, w), int(idx.numel()), b, per_token_t=t.ndim == 4),
+        }
+        return pred[..., :h, :w], info
+
+    # ----------------------------------------------------------------------------------------- MACs
+    def macs(self, latent_hw, active_windows: int, batch: int, per_token_t: bool = False) -> int:
+        """Exact multiply-accumulates of one call: linear layers, convolutions and attention matmuls
+        (QK^T and AV), for the upstream on the padded latent and ``active_windows`` downstream windows.
+        Norms, activations, softmax and the LR resize are not counted (they are not MACs)."""
+        h, w = int(latent_hw[0]), int(latent_hw[1])
+        hp, wp = -(-h // self.multiple) * self.multiple, -(-w // self.multiple) * self.multiple
+        cin, cz = self.latent_channels + self.lr_channels, self.latent_channels
+        d, dd, r = self.hidden, self.down_hidden, self.mlp_ratio
+        nu = (hp // self.up_patch) * (wp // self.up_patch)
+        f = self.up_t.freq_dim
+        hid, hid_d = int(d * r), int(dd * r)
+
+        def temb(width: int, n: int) -> int:
+            return n * (f * width + width * width)
+
+        up_cond = batch * nu if per_token_t else batch
+        total = batch * nu * cin * self.up_patch**2 * d  # patch embedding
+        total += temb(d, up_cond)
+        per_block = nu * (3 * d * d + 2 * nu * d + d * d + 2 * d * hid)
+        total += self.depth * (batch * per_block + up_cond * d * 6 * d)
+        total += up_cond * d * 2 * d + batch * nu * d * self.up_patch**2 * cz  # final layer
+        if active_windows <= 0:
+            return int(total)
+        tw = self.window**2
+        a = int(active_windows)
+        total += self.down_depth * batch * nu * d * 2 * dd  # K/V of the upstream states, once per call
+        down_cond = a * tw if per_token_t else batch
+        total += temb(dd, down_cond)
+        total += self.down_depth * down_cond * dd * 12 * dd + down_cond * dd * 2 * dd  # modulations
+        total += a * tw * cin * self.down_patch**2 * dd  # patch embedding of active windows
+        blk = tw * (3 * dd * dd + 2 * tw * dd + dd * dd + 2 * dd * hid_d)  # window attention + MLP
+        blk += tw * (dd * dd + 2 * nu * dd + dd * dd + 2 * dd * hid_d)  # cross-attention + MLP
+        total += self.down_depth * a * blk
+        total += a * tw * dd * self.down_patch**2 * cz  # final layer
+        return int(total)
+
+    def extra_repr(self) -> str:
+        return (f"latent={self.latent_channels}, lr={self.lr_channels}, up={self.hidden}/{self.depth}/{self.heads}, "
+                f"down={self.down_hidden}/{self.down_depth}/{self.down_heads}, window={self.window}x{self.window} tokens")
+
+
+def build_qdm(name: str, latent_channels: int, lr_channels: int, **overrides) -> DualStreamQDM:
+    """A :class:`DualStreamQDM` from a named config of :data:`QDM_CONFIGS`, with keyword overrides."""
+    if name not in QDM_CONFIGS:
+        from qdm_med.errors import ConfigError
+
+        raise ConfigError(f"model config {name!r}: use one of {', '.join(QDM_CONFIGS)}")
+    return DualStreamQDM(latent_channels, lr_channels, **{**QDM_CONFIGS[name], **overrides})
