@@ -7,10 +7,17 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "quadtree_mask"]
 
 
+_SUBMODULES = ("io", "transforms", "data", "simulate", "quadtree", "diffusion", "models", "training", "inference", "metrics", "reports", "cli", "demo")
+
+
 def __getattr__(name: str):
     # `qdm_med.quadtree_mask` is public API; import lazily so `import qdm_med` stays cheap (no torch).
     if name == "quadtree_mask":
         from qdm_med.quadtree import quadtree_mask
 
         return quadtree_mask
+    if name in _SUBMODULES:  # `$import qdm_med` in bundle configs, then qdm_med.inference.bundle...
+        import importlib
+
+        return importlib.import_module(f"qdm_med.{name}")
     raise AttributeError(f"module 'qdm_med' has no attribute {name!r}")

@@ -100,7 +100,7 @@ class QDMSuperResolution(nn.Module):
         plan = make_plan(self.sampler, self.steps, self.diffusion.num_timesteps, lr=lr_p, latent_size=lat_hw, **self.sampler_params)
         t0 = time.perf_counter()
         x0, info = self.diffusion.sample(
-            self.qdm, y, lr_p, diffusion_mask=masks.diffusion, token_mask=masks.token, timesteps=plan,
+            self.qdm, y, self.qdm.conditioning(lr_p, y), diffusion_mask=masks.diffusion, token_mask=masks.token, timesteps=plan,
             generator=generator, sparse=self.sparse, chunk_size=self.chunk_size,
         )
         timings["sample"] = time.perf_counter() - t0

@@ -41,6 +41,11 @@ class FirstStage(nn.Module):
     def decode_macs(self, latent_hw, batch: int = 1) -> int:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """``decode(encode(x))`` (B, C, H, W) -> same shape; the reconstruction a first stage caps SR quality at."""
+        return self.decode(self.encode(x)).clamp(-1, 1)
+
 
 class PixelUnshuffleFirstStage(FirstStage):
     """Lossless space-to-depth by 4: (B, C, H, W) -> (B, 16C, H/4, W/4); ``decode(encode(x)) == x``."""
@@ -100,6 +105,12 @@ class KLVAEFirstStage(FirstStage):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.autoencoder.decode(z / self.scale_factor)
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None):
+        """Training pass: (reconstruction from a posterior sample, mu, sigma); ``noise`` (B, Cz, H/f, W/f)."""
+        mu, sigma = self.autoencoder.encode(x)
+        z = mu if noise is None else mu + sigma * noise
+        return self.autoencoder.decode(z), mu, sigma
 
     def decode_macs(self, latent_hw, batch: int = 1) -> int:
         """Exact decoder MACs at ``latent_hw`` (counted once per size by hooks, then cached)."""

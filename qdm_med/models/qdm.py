@@ -10,6 +10,11 @@ per-pixel map (B, 1, h, w) for SDS) and the LR image (B, C, H_lr, W_lr), resized
   each block does window self-attention + MLP, then cross-attention to the upstream hidden states + MLP.
   Keys/values of the upstream states are projected once per call and shared by all windows.
 
+Conditioning (``cond``): ``"lr"`` concatenates the LR image as in the paper; ``"latent"`` concatenates the
+latent ``y`` of the bicubic-upsampled LR instead and adds it to both outputs, so the network predicts the
+residual ``x0 - y`` and starts from bicubic quality (zero-initialised output layers). The latter is what
+small CPU-trained models need; callers pass :meth:`DualStreamQDM.conditioning` as the ``lr`` argument.
+
 ``forward`` (training) runs the downstream everywhere and returns ``(down, up)``. ``forward_sparse``
 (inference) gathers the windows holding an active token from the whole batch, runs them in chunks,
 scatters them back and returns ``down * m + up * (1 - m)``; a window without active tokens costs nothing.
@@ -64,9 +69,14 @@ class DualStreamQDM(nn.Module):
         window: int = 8,
         mlp_ratio: float = 4.0,
         lr_interp: str = "bicubic",
+        cond: str = "lr",
     ) -> None:
         super().__init__()
-        self.latent_channels, self.lr_channels = int(latent_channels), int(lr_channels)
+        if cond not in ("lr", "latent"):
+            raise ValueError(f"cond {cond!r}: use 'lr' or 'latent'")
+        self.cond = cond
+        self.latent_channels = int(latent_channels)
+        self.lr_channels = self.latent_channels if cond == "latent" else int(lr_channels)
         self.hidden, self.depth, self.heads = int(hidden), int(depth), int(heads)
         self.down_hidden = int(down_hidden or hidden)
         self.down_depth = int(down_depth if down_depth is not None else depth)
@@ -111,6 +121,14 @@ class DualStreamQDM(nn.Module):
             nn.init.zeros_(fin.linear.bias)
 
     # ------------------------------------------------------------------------------------- helpers
+    def conditioning(self, lr: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """What to pass as the model's ``lr`` argument: the LR image, or ``y`` when ``cond="latent"``."""
+        return y if self.cond == "latent" else lr
+
+    def _skip(self, x: torch.Tensor) -> torch.Tensor | float:
+        """The residual base added to the outputs: the latent conditioning channels, or 0."""
+        return x[:, self.latent_channels :] if self.cond == "latent" else 0.0
+
     def _prepare(self, x_in: torch.Tensor, t, lr: torch.Tensor):
         """Concatenate the resized LR, pad to the stride; returns (x (B,Cin,Hp,Wp), t (B,) or (B,1,Hp,Wp), (h, w))."""
         b, _, h, w = x_in.shape
@@ -217,6 +235,8 @@ class DualStreamQDM(nn.Module):
         ids = torch.arange(b * nwin, device=x.device)
         down = self._run_windows(tok, ids // nwin, ids % nwin, kvs, mods, t_tok, pos_w)
         down = self._unwindows(down, b, hp, wp)
+        skip = self._skip(x)
+        down, up = down + skip, up + skip
         return down[..., :h, :w], up[..., :h, :w]
 
     def forward_sparse(self, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: torch.Tensor | None, chunk_size: int = 64):
@@ -256,6 +276,7 @@ class DualStreamQDM(nn.Module):
             down = self._unwindows(down_w, b, hp, wp)
             m = F.interpolate(tok_mask[:, None].float(), scale_factor=self.down_patch, mode="nearest") > 0.5
             pred = torch.where(m, down, up)
+        pred = pred + self._skip(x)
         info = {
             "active_windows": int(idx.numel()),
             "total_windows": int(b * nwin),

@@ -1,0 +1,69 @@
+"""``qdm-med train BUNDLE`` and the ``run`` entry of the bundles' ``train.json``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from qdm_med.errors import ConfigError
+from qdm_med.training.config import bundle_settings
+
+__all__ = ["train_bundle", "locate_bundle", "default_output"]
+
+logger = logging.getLogger("qdm_med.training")
+
+
+def locate_bundle(name: str) -> str:
+    """Folder of bundle ``name``: the current folder if it is that bundle, ``./bundles/<name>``,
+    ``$QDM_MED_BUNDLES/<name>``, or the repository's ``bundles/<name>`` (used by the bundle configs'
+    ``bundle_root``; override with ``--bundle_root DIR`` in ``monai.bundle run``)."""
+    candidates = [Path.cwd(), Path.cwd() / "bundles" / name]
+    if os.environ.get("QDM_MED_BUNDLES"):
+        candidates.append(Path(os.environ["QDM_MED_BUNDLES"]) / name)
+    candidates.append(Path(__file__).resolve().parents[2] / "bundles" / name)
+    for c in candidates:
+        if c.name == name and (c / "configs" / "train.json").is_file():
+            return str(c.resolve())
+    raise ConfigError(f"cannot find bundle {name!r} (looked in {', '.join(str(c) for c in candidates)}); pass --bundle_root DIR")
+
+
+def default_output(bundle_dir: Path) -> Path:
+    """``runs/<bundle name>`` in the current folder."""
+    return Path("runs") / Path(bundle_dir).resolve().name
+
+
+def train_bundle(bundle, data=None, corpus: bool = False, max_steps: int | None = None, resume: bool = False, device: str = "auto",
+                 output=None, quiet: bool = False, overrides: dict | None = None, rank: int = 0, world: int = 1) -> dict:
+    """Train a bundle's stage (VAE or QDM) and write ``<output>/models/model.pt``, ``checkpoint.pt``,
+    ``log.jsonl`` and ``summary.json``. ``overrides`` updates the settings (e.g. ``{"train": {"batch_size": 2}}``)."""
+    from qdm_med.inference.volume import resolve_device
+    from qdm_med.training.data import build_datasets
+    from qdm_med.training.loop import fit
+    from qdm_med.training.stages import build_stage
+
+    bundle = Path(bundle)
+    if not bundle.exists():
+        raise ConfigError(f"{bundle}: no such bundle folder")
+    settings = bundle_settings(bundle, "train")
+    for key, value in (overrides or {}).items():
+        settings[key] = {**settings[key], **value} if isinstance(settings.get(key), dict) and isinstance(value, dict) else value
+    if max_steps is not None and int(max_steps) < 1:
+        raise ConfigError(f"--max-steps {max_steps}: must be >= 1")
+    steps = int(max_steps) if max_steps is not None else int(settings["train"]["steps"])
+    dev = resolve_device(device)
+    if world > 1 and dev.type == "cuda":
+        dev = torch.device("cuda", rank % torch.cuda.device_count())
+    if not corpus and data is None and settings["data"].get("kind") != "natural":
+        raise ConfigError("no training data: pass --data DIR (HaN-Seg, SegRap2023 or a folder of CT) or --corpus")
+    out = Path(output) if output is not None else default_output(bundle)
+    if (out / "checkpoint.pt").exists() and not resume and rank == 0:
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --output for a new folder")
+    stage = build_stage(settings)
+    train_ds, val, split = build_datasets(settings, data=data, corpus=corpus)
+    logger.info("%s: %d training samples per epoch; patients train=%s val=%s", settings["name"], len(train_ds), split["train"], split["val"])
+    summary = fit(stage, train_ds, val, settings, out, steps, resume=resume, device=dev, quiet=quiet, rank=rank, world=world)
+    summary["split"] = split
+    return summary

@@ -1,0 +1,101 @@
+"""Training and validation data of a bundle: LR/HR pairs made on the fly, deterministically.
+
+Every sample is a function of ``(seed, epoch, index)`` -- the crop, the flips and the degradation -- so a
+resumed or distributed run sees exactly the samples an uninterrupted single-process run would.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from qdm_med.errors import ConfigError
+from qdm_med.transforms import DegradationPipeline
+
+__all__ = ["PairedDataset", "build_datasets", "sample_seed"]
+
+logger = logging.getLogger("qdm_med.training")
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return (int(seed) * 7_919 + int(epoch) * 104_729 + int(index) * 31) % (2**31 - 1)
+
+
+class PairedDataset(Dataset):
+    """Adds ``"lr"`` (C, H/s, W/s) in [-1, 1] to the ``"hr"`` samples of ``base`` with a seeded preset."""
+
+    def __init__(self, base, preset: str, scale: int, seed: int = 0) -> None:
+        self.base, self.scale, self.seed = base, int(scale), int(seed)
+        self.pipeline = DegradationPipeline(preset, self.scale)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def get(self, index: int, epoch: int) -> dict:
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+        sample = dict(self.base[index])
+        self.pipeline.set_random_state(seed=sample_seed(self.seed, epoch, index))
+        sample["lr"] = self.pipeline((sample["hr"] + 1) / 2) * 2 - 1
+        return sample
+
+    def __getitem__(self, index: int) -> dict:
+        return self.get(index, 0)
+
+
+def _records(settings: dict, data, corpus: bool):
+    from qdm_med.data import index_corpus, index_dataset
+
+    if data is not None:
+        return index_dataset(data)
+    if corpus:
+        return index_corpus()
+    raise ConfigError("no training data: pass --data DIR (HaN-Seg, SegRap2023 or a folder of CT) or --corpus")
+
+
+def build_datasets(settings: dict, data=None, corpus: bool = False):
+    """(train PairedDataset, validation list of {"hr", "lr", "name"} full images, split description)."""
+    from qdm_med.data import CTSliceDataset, NaturalImageDataset, patient_split
+    from qdm_med.data.slices import NATURAL_TRAIN, NATURAL_VAL
+
+    d, seed, scale = settings["data"], int(settings["seed"]), int(settings.get("scale", 1) or 1)
+    stage_scale = scale if settings["stage"] == "qdm" else 4  # the VAE trains on crops; any LR is unused
+    if d.get("kind", "ct") == "natural":
+        train = NaturalImageDataset(d.get("train_images") or NATURAL_TRAIN, crop_size=d["crop_size"], length=int(d.get("epoch_length", 2000)), seed=seed)
+        val_base = NaturalImageDataset(d.get("val_images") or NATURAL_VAL, crop_size=None, flips=False, seed=seed)
+        val_items = [val_base[i] for i in range(len(val_base))]
+        split = {"train": list(train.names), "val": list(val_base.names)}
+    else:
+        records = _records(settings, data, corpus)
+        holdout = d.get("holdout")
+        present = {r.patient_id for r in records}
+        if holdout and not set(holdout) <= present:
+            logger.warning("holdout patients %s are not in the data; using a seeded %.0f%% patient split", holdout, 100 * d["val_fraction"])
+            holdout = None
+        tr, va = patient_split(records, d["val_fraction"], seed, holdout)
+        if not tr:
+            raise ConfigError("the split left no training patient; add data or lower val_fraction")
+        train = CTSliceDataset(tr, hr_size=d["hr_size"], window=settings["window"], min_foreground=d["min_foreground"],
+                               crop_size=d["crop_size"], flips=d["flips"], seed=seed)
+        val_items = []
+        if va:
+            vds = CTSliceDataset(va, hr_size=d["hr_size"], window=settings["window"], min_foreground=d["min_foreground"])
+            n = min(int(d.get("val_slices", 4)), len(vds))
+            picks = np.linspace(0, len(vds) - 1, n).round().astype(int) if n else []
+            val_items = [vds[int(i)] for i in picks]
+        split = {"train": sorted({r.patient_id for r in tr}), "val": sorted({r.patient_id for r in va})}
+    # validation LR: the fixed medical/natural test degradation, seeded per item
+    test_preset = "natural" if d.get("kind") == "natural" else "medical_test"
+    vp = DegradationPipeline(test_preset, stage_scale)
+    val = []
+    for i, item in enumerate(val_items):
+        hr = item["hr"]
+        h, w = (hr.shape[-2] // stage_scale) * stage_scale, (hr.shape[-1] // stage_scale) * stage_scale
+        hr = hr[..., :h, :w]
+        vp.set_random_state(seed=seed + 1000 + i)
+        val.append({"hr": hr, "lr": vp((hr + 1) / 2) * 2 - 1, "name": f"{item.get('patient')}:{item.get('slice')}"})
+    return PairedDataset(train, d["preset"], stage_scale, seed), val, split

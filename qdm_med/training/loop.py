@@ -1,0 +1,140 @@
+"""The training loop shared by both stages: deterministic sampling, AdamW, EMA, warm-up, checkpoints,
+exact resume, validation, rich progress, and data-parallel training (only rank 0 writes).
+
+Sample order: the ``g``-th sample of the run (``g = (step * world + rank) * batch + j``) is item
+``perm_e[g mod N]`` of epoch ``e = g // N`` (``perm_e`` a permutation seeded by ``seed + e``), so a
+resumed run continues the exact sequence, and the ranks of a distributed run split each global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from qdm_med.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from qdm_med.training.ema import EMA
+
+__all__ = ["fit", "batch_indices"]
+
+logger = logging.getLogger("qdm_med.training")
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def batch_indices(step: int, batch: int, n: int, seed: int, rank: int = 0, world: int = 1) -> list[tuple[int, int]]:
+    """(epoch, index) of the samples of ``rank`` at ``step`` (see module docstring)."""
+    out, perms = [], {}
+    for j in range(batch):
+        g = (step * world + rank) * batch + j
+        e = g // n
+        if e not in perms:
+            perms[e] = torch.randperm(n, generator=torch.Generator().manual_seed(seed + e)).tolist()
+        out.append((e, perms[e][g % n]))
+    return out
+
+
+def _collate(ds, picks, device) -> tuple[torch.Tensor, torch.Tensor]:
+    items = [ds.get(i, e) for e, i in picks]
+    return torch.stack([it["hr"] for it in items]).to(device), torch.stack([it["lr"] for it in items]).to(device)
+
+
+def _append_log(path: Path, record: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int, resume: bool = False, device: torch.device | str = "cpu",
+        quiet: bool = False, rank: int = 0, world: int = 1) -> dict:
+    """Train ``stage.model`` for ``max_steps`` steps (total, counting resumed ones); returns a summary dict."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    device = torch.device(device)
+    t_cfg, seed = settings["train"], int(settings["seed"])
+    output = Path(output)
+    writer = rank == 0
+    if writer:
+        output.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = stage.model.to(device)
+    if hasattr(stage, "to"):
+        stage.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=float(t_cfg["lr"]), weight_decay=float(t_cfg["weight_decay"]))
+    ema = EMA(model, float(t_cfg["ema_decay"]))
+    gen = torch.Generator().manual_seed(seed * 1000 + rank)
+    step = 0
+    if resume and (output / CHECKPOINT).is_file():
+        ck = load_checkpoint(output / CHECKPOINT, map_location=device)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        ema.load_state_dict(ck["ema"])
+        step = int(ck["step"])
+        set_rng_state(ck["rng"][rank] if isinstance(ck["rng"], list) else ck["rng"], gen)
+        logger.info("resumed %s at step %d", output / CHECKPOINT, step)
+    elif resume:
+        logger.warning("%s: no checkpoint yet; starting from step 0", output / CHECKPOINT)
+    net: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    batch, warmup = int(t_cfg["batch_size"]), int(t_cfg.get("warmup", 0))
+    base_lr, clip = float(t_cfg["lr"]), float(t_cfg.get("grad_clip") or 0)
+    every_ck, every_val, every_log = int(t_cfg["checkpoint_every"]), int(t_cfg["validate_every"]), int(t_cfg.get("log_every", 10))
+    log_path = output / "log.jsonl"
+    history: list[dict] = []
+    t_start, last = time.perf_counter(), {}
+
+    def save(final: bool = False) -> None:
+        if not writer:
+            return
+        rngs = [rng_state(gen)]
+        save_checkpoint(output / CHECKPOINT, {"model": model.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
+                                              "step": step, "rng": rngs[0], "stage": stage.name})
+        save_checkpoint(output / "models" / "model.pt", stage.export(ema.shadow))
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn()]
+    with Progress(*columns, disable=quiet or not writer, transient=False) as bar:
+        task = bar.add_task(f"train {settings['name']}", total=max_steps, completed=step, status="")
+        model.train()
+        while step < max_steps:
+            t0 = time.perf_counter()
+            lr_now = base_lr * min(1.0, (step + 1) / warmup) if warmup else base_lr
+            for g in opt.param_groups:
+                g["lr"] = lr_now
+            hr, lr = _collate(train_ds, batch_indices(step, batch, len(train_ds), seed, rank, world), device)
+            loss, logs = stage.loss(net, hr, lr, gen)
+            if not math.isfinite(float(loss.detach())):
+                raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            opt.step()
+            ema.update(model)
+            step += 1
+            last = {"step": step, "loss": float(loss.detach()), "lr": lr_now, "sec_per_step": time.perf_counter() - t0, **logs}
+            bar.update(task, advance=1, status=f"loss {last['loss']:.4g}  {1 / max(last['sec_per_step'], 1e-9):.2f} it/s")
+            if writer and (step % every_log == 0 or step == max_steps):
+                _append_log(log_path, {**last, "elapsed": time.perf_counter() - t_start})
+            if writer and (step % every_val == 0 or step == max_steps) and val:
+                ema.shadow.eval()
+                scores = stage.validate(ema.shadow, val, device)
+                history.append({"step": step, **scores})
+                _append_log(log_path, {"step": step, "validation": scores, "elapsed": time.perf_counter() - t_start})
+                logger.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+            if step % every_ck == 0 or step == max_steps:
+                save()
+    if step >= max_steps and not (output / "models" / "model.pt").exists():
+        save()
+    summary = {"bundle": settings["name"], "stage": stage.name, "steps": step, "final": last, "validation": history,
+               "wall_time_s": time.perf_counter() - t_start, "output": str(output), "world_size": world}
+    if writer:
+        (output / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
