@@ -42,7 +42,7 @@ class VAEStage:
         rec, mu, sigma = model(hr, noise)
         l1 = F.l1_loss(rec, hr)
         kl = 0.5 * torch.sum(mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-12) - 1, dim=[1, 2, 3]).mean()
-        return l1 + self.kl_weight * kl, {"l1": float(l1), "kl": float(kl)}
+        return l1 + self.kl_weight * kl, {"l1": float(l1.detach()), "kl": float(kl.detach())}
 
     @torch.no_grad()
     def validate(self, model: nn.Module, val: list[dict], device) -> dict:

@@ -1,0 +1,142 @@
+"""Training: both stages learn, exact resume, DDP replicas agree, untrained-VAE error, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import synthetic_ct, tiny_bundle
+from typer.testing import CliRunner
+
+from qdm_med.cli import app
+from qdm_med.errors import ConfigError
+from qdm_med.training import train_bundle
+from qdm_med.training.checkpoint import load_checkpoint
+from qdm_med.training.loop import batch_indices
+
+
+def _losses(run: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vae_ct", "qdm_ct_x8", "qdm_ct_x4"])
+def test_stage_smoke_loss_goes_down(tmp_path, ct_folder, name):
+    # cond "lr": the network starts from a zero prediction, so learning shows in the loss within a few steps
+    bundle = tiny_bundle(tmp_path, name, {"train": {"lr": 2e-3, "ema_decay": 0.5, "log_every": 1, "validate_every": 100},
+                                          "model": {"config": "tiny", "cond": "lr"}})
+    summary = train_bundle(bundle, data=ct_folder, max_steps=30, output=tmp_path / "run", quiet=True, device="cpu")
+    losses = _losses(tmp_path / "run")
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+    state = torch.load(tmp_path / "run" / "models" / "model.pt", weights_only=True)
+    assert state and summary["steps"] == 30 and summary["validation"]
+
+
+def test_resume_continues_exactly(tmp_path, ct_folder):
+    bundle = tiny_bundle(tmp_path, "qdm_ct_x8")
+    full = tmp_path / "full"
+    train_bundle(bundle, data=ct_folder, max_steps=5, output=full, quiet=True, device="cpu")
+    part = tmp_path / "part"
+    train_bundle(bundle, data=ct_folder, max_steps=3, output=part, quiet=True, device="cpu")  # "killed" after step 3
+    with pytest.raises(ConfigError, match="--resume"):
+        train_bundle(bundle, data=ct_folder, max_steps=5, output=part, quiet=True, device="cpu")
+    train_bundle(bundle, data=ct_folder, max_steps=5, output=part, resume=True, quiet=True, device="cpu")
+    a, b = load_checkpoint(full / "checkpoint.pt"), load_checkpoint(part / "checkpoint.pt")
+    assert a["step"] == b["step"] == 5
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["ema"]:
+        assert torch.equal(a["ema"][k], b["ema"][k]), k
+    assert _losses(full) == _losses(part)
+
+
+def test_batch_indices_split_global_batch_between_ranks():
+    single = batch_indices(3, 4, 10, seed=0, rank=0, world=1) + batch_indices(4, 4, 10, seed=0)
+    two = batch_indices(3, 2, 10, seed=0, rank=0, world=2) + batch_indices(3, 2, 10, seed=0, rank=1, world=2)
+    assert sorted(two) != [] and len(set(two)) == 4
+    assert batch_indices(0, 10, 10, 0) == [(0, i) for i in torch.randperm(10, generator=torch.Generator().manual_seed(0)).tolist()]
+    assert single[:4] != single[4:]
+
+
+def test_qdm_on_untrained_vae_is_refused(tmp_path, ct_folder):
+    vae = tiny_bundle(tmp_path, "vae_ct")
+    qdm = tiny_bundle(tmp_path, "qdm_ct_x8", {"first_stage": {"kind": "kl_vae", "bundle": "../vae_ct", "channels": [8, 16, 16], "norm_num_groups": 8}})
+    with pytest.raises(ConfigError, match="no trained weights"):
+        train_bundle(qdm, data=ct_folder, max_steps=1, output=tmp_path / "r1", quiet=True, device="cpu")
+    fs = json.loads((vae / "configs" / "train.json").read_text())["first_stage"]
+    from qdm_med.models import build_first_stage
+
+    kw = {k: v for k, v in fs.items() if k != "kind"}
+    (vae / "models").mkdir(exist_ok=True)
+    torch.save(build_first_stage("kl_vae", 1, **kw).state_dict(), vae / "models" / "model.pt")  # trained flag False
+    with pytest.raises(ConfigError, match="untrained"):
+        train_bundle(qdm, data=ct_folder, max_steps=1, output=tmp_path / "r2", quiet=True, device="cpu")
+    # after training the VAE, QDM trains on it
+    train_bundle(vae, data=ct_folder, max_steps=2, output=vae, quiet=True, device="cpu")
+    train_bundle(qdm, data=ct_folder, max_steps=2, output=tmp_path / "r3", quiet=True, device="cpu")
+    assert (tmp_path / "r3" / "models" / "model.pt").is_file()
+
+
+def test_cli_train_errors(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "no such bundle" in r.output
+    bundle = tiny_bundle(tmp_path, "qdm_ct_x8")
+    r = runner.invoke(app, ["train", str(bundle)])
+    assert r.exit_code == 2 and "--corpus" in r.output
+    r = runner.invoke(app, ["train", str(bundle), "--data", str(tmp_path / "empty_missing")])
+    assert r.exit_code == 2 and "no such folder" in r.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, bundle: str, data: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    import torch.distributed as dist
+
+    from qdm_med.training.ddp import init_distributed
+
+    torch.set_num_threads(1)
+    init_distributed("cpu")
+    captured = {}
+    import qdm_med.training.loop as loop
+
+    original = loop.fit
+
+    def fit_and_capture(stage, *a, **k):
+        res = original(stage, *a, **k)
+        captured["state"] = {n: p.detach().clone() for n, p in stage.model.state_dict().items()}
+        return res
+
+    loop.fit = fit_and_capture
+    try:
+        train_bundle(bundle, data=data, max_steps=3, output=out, quiet=True, device="cpu", rank=rank, world=world)
+        torch.save(captured["state"], Path(out).parent / f"replica{rank}.pt")
+    finally:
+        loop.fit = original
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_keep_identical_replicas(tmp_path, ct_folder):
+    import torch.multiprocessing as mp
+
+    bundle = tiny_bundle(tmp_path, "qdm_ct_x8")
+    out = tmp_path / "ddp" / "run"
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(bundle), str(ct_folder), str(out)), nprocs=2, join=True)
+    a, b = torch.load(tmp_path / "ddp" / "replica0.pt", weights_only=True), torch.load(tmp_path / "ddp" / "replica1.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (out / "models" / "model.pt").is_file()  # rank 0 wrote
+    init = tiny_bundle(tmp_path / "fresh", "qdm_ct_x8")  # weights moved away from initialisation
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 3 and init.exists()
