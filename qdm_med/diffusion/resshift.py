@@ -237,6 +237,7 @@ class ResShiftDiffusion:
         generator: torch.Generator | None = None,
         l1: float = 1.0,
         l2: float = 1.0,
+        model_kwargs: dict | None = None,
     ) -> dict:
         """Dual-stream x0 loss ``l1 MSE(down, x0) + l2 MSE(up, x0)`` at steps ``t``.
 
@@ -244,12 +245,13 @@ class ResShiftDiffusion:
             model: ``down, up = model(x_in, t, lr)`` (MODEL PROTOCOL, dense path).
             x0, y: (B, Cz, h, w) HR and upsampled-LR latents; lr: (B, C, H_lr, W_lr) in [-1, 1].
             mask: diffusion mask (B, h, w) or None (dense); t: (B,) steps (integers in training).
+            model_kwargs: extra keyword arguments of the model call (e.g. ``pos_offset``).
 
         Returns:
             {"loss": scalar with grad, "mse_down", "mse_up" (detached), "x_t"}.
         """
         x_t = self.q_sample(x0, y, t, mask, noise=noise, generator=generator)
-        down, up = model(self.normalize(x_t, t), self._model_t(t, x0.shape[0], x0), lr)
+        down, up = model(self.normalize(x_t, t), self._model_t(t, x0.shape[0], x0), lr, **(model_kwargs or {}))
         mse_down = F.mse_loss(down, x0)
         mse_up = F.mse_loss(up, x0)
         return {

@@ -185,8 +185,9 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
-def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
-    """(grid_h * grid_w, dim) fixed 2D sin-cos embedding (MAE/DiT form) for any rectangular grid."""
+def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, offset: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """(grid_h * grid_w, dim) fixed 2D sin-cos embedding (MAE/DiT form) for any rectangular grid whose
+    first row/column sit at positions ``offset`` (a crop of a larger grid)."""
     if dim % 4:
         raise ValueError(f"embedding size {dim} must be divisible by 4")
 
@@ -195,6 +196,7 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
         out = np.outer(pos.reshape(-1), omega)
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
-    gy, gx = np.meshgrid(np.arange(grid_h, dtype=np.float64), np.arange(grid_w, dtype=np.float64), indexing="ij")
+    oy, ox = (float(o) for o in offset)
+    gy, gx = np.meshgrid(oy + np.arange(grid_h, dtype=np.float64), ox + np.arange(grid_w, dtype=np.float64), indexing="ij")
     emb = np.concatenate([one_d(dim // 2, gy), one_d(dim // 2, gx)], axis=1)
     return torch.from_numpy(emb).float()

@@ -154,15 +154,15 @@ class DualStreamQDM(nn.Module):
             raise ValueError(f"t must be (B,) or (B, 1, h, w), got {tuple(t.shape)}")
         return x, t, (h, w)
 
-    def _pos(self, dim: int, gh: int, gw: int, ref: torch.Tensor) -> torch.Tensor:
-        return sincos_pos_embed_2d(dim, gh, gw).to(device=ref.device, dtype=ref.dtype)
+    def _pos(self, dim: int, gh: int, gw: int, ref: torch.Tensor, offset=(0, 0)) -> torch.Tensor:
+        return sincos_pos_embed_2d(dim, gh, gw, offset).to(device=ref.device, dtype=ref.dtype)
 
-    def _upstream(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _upstream(self, x: torch.Tensor, t: torch.Tensor, pos_offset=(0, 0)) -> tuple[torch.Tensor, torch.Tensor]:
         """Coarse prediction (B, Cz, Hp, Wp) and final hidden states (B, Nu, D)."""
         b, _, hp, wp = x.shape
         p = self.up_patch
         gh, gw = hp // p, wp // p
-        tok = self.up_embed(x).flatten(2).transpose(1, 2) + self._pos(self.hidden, gh, gw, x)
+        tok = self.up_embed(x).flatten(2).transpose(1, 2) + self._pos(self.hidden, gh, gw, x, pos_offset)
         c = self.up_t(t if t.ndim == 1 else F.avg_pool2d(t, p).flatten(1))
         for blk in self.up_blocks:
             tok = blk(tok, c)
@@ -212,11 +212,12 @@ class DualStreamQDM(nn.Module):
         n, p, s = tok.shape[0], self.down_patch, self.window
         return out.view(n, s, s, p, p, self.latent_channels).permute(0, 5, 1, 3, 2, 4).reshape(n, self.latent_channels, s * p, s * p)
 
-    def _down_setup(self, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor):
+    def _down_setup(self, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor, pos_offset=(0, 0)):
         b, _, hp, wp = x.shape
         nwin = (hp // self.win_px) * (wp // self.win_px)
+        k = self.up_patch // self.down_patch  # the same shift in downstream tokens
         pos_w = self._windows(
-            self._pos(self.down_hidden, hp // self.down_patch, wp // self.down_patch, x).T.reshape(1, self.down_hidden, hp // self.down_patch, wp // self.down_patch),
+            self._pos(self.down_hidden, hp // self.down_patch, wp // self.down_patch, x, (pos_offset[0] * k, pos_offset[1] * k)).T.reshape(1, self.down_hidden, hp // self.down_patch, wp // self.down_patch),
             self.window,
         ).flatten(2).transpose(1, 2)  # (nWin, 64, Dd)
         kvs = [blk.cross.project_kv(hidden) for blk in self.down_blocks]
@@ -224,12 +225,16 @@ class DualStreamQDM(nn.Module):
         return nwin, pos_w, kvs, mods, t_tok
 
     # ------------------------------------------------------------------------------------- forward
-    def forward(self, x_in: torch.Tensor, t, lr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dense path: ``(down, up)``, both (B, Cz, h, w); the downstream runs on every window."""
+    def forward(self, x_in: torch.Tensor, t, lr: torch.Tensor, pos_offset: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dense path: ``(down, up)``, both (B, Cz, h, w); the downstream runs on every window.
+
+        ``pos_offset``: (row, column) of the first upstream token in a larger grid. Training on crops draws
+        it at random so every position an inference-size image uses has been seen (inference: (0, 0)).
+        """
         x, t, (h, w) = self._prepare(x_in, t, lr)
         b, _, hp, wp = x.shape
-        up, hidden = self._upstream(x, t)
-        nwin, pos_w, kvs, mods, t_tok = self._down_setup(x, t, hidden)
+        up, hidden = self._upstream(x, t, pos_offset)
+        nwin, pos_w, kvs, mods, t_tok = self._down_setup(x, t, hidden, pos_offset)
         grid = self.down_embed(x)  # (B, Dd, Hp/2, Wp/2), full-image patch embedding
         tok = self._windows(grid, self.window).flatten(2).transpose(1, 2)  # (B*nWin, 64, Dd)
         ids = torch.arange(b * nwin, device=x.device)

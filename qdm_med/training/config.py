@@ -26,7 +26,7 @@ DEFAULTS = {
     "data": {"kind": "ct", "hr_size": 512, "crop_size": 128, "preset": "medical", "val_fraction": 0.1, "holdout": None,
              "min_foreground": 0.05, "flips": True, "val_slices": 4},
     "train": {"steps": 2000, "batch_size": 8, "lr": 2e-4, "weight_decay": 0.0, "ema_decay": 0.999, "loss_weights": [1.0, 1.0],
-              "train_threshold": 0.15, "kl_weight": 1e-6, "grad_clip": 1.0, "checkpoint_every": 100, "validate_every": 500,
+              "train_threshold": 0.15, "pos_jitter": 0, "kl_weight": 1e-6, "grad_clip": 1.0, "checkpoint_every": 100, "validate_every": 500,
               "log_every": 10, "warmup": 100},
 }
 

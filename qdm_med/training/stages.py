@@ -75,6 +75,9 @@ class QDMStage:
         t = settings["train"]
         self.l1, self.l2 = (float(w) for w in t["loss_weights"])
         self.train_threshold = float(t["train_threshold"])
+        # crops see token positions 0..g-1 only; a random shift of up to pos_jitter upstream tokens lets the
+        # model meet every position of an inference-size slice (whose grid is up to g + pos_jitter)
+        self.pos_jitter = int(t.get("pos_jitter", 0))
 
     def to(self, device) -> "QDMStage":
         self.first_stage.to(device)
@@ -89,8 +92,10 @@ class QDMStage:
             mask = qdm_masks(lr, self.train_threshold, self.scale, self.first_stage.factor).diffusion
             t = torch.randint(0, self.diffusion.num_timesteps, (hr.shape[0],), generator=generator).to(hr.device)
             noise = torch.randn(x0.shape, generator=generator).to(x0)
+            offset = tuple(int(v) for v in torch.randint(0, self.pos_jitter + 1, (2,), generator=generator)) if self.pos_jitter else (0, 0)
         cond = self.model.conditioning(lr, y)
-        out = self.diffusion.training_loss(model, x0, y, cond, mask, t, noise=noise, l1=self.l1, l2=self.l2)
+        kwargs = {"pos_offset": offset} if self.pos_jitter else None
+        out = self.diffusion.training_loss(model, x0, y, cond, mask, t, noise=noise, l1=self.l1, l2=self.l2, model_kwargs=kwargs)
         return out["loss"], {"mse_down": float(out["mse_down"]), "mse_up": float(out["mse_up"])}
 
     def sr_module(self, qdm: nn.Module):

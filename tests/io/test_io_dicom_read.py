@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pydicom
 import pytest
-from conftest import assert_one_line_naming, write_ct_series
+from io_doubles import assert_one_line_naming, write_ct_series
 from pydicom.data import get_testdata_file
 
 from qdm_med.errors import InputError
@@ -161,7 +161,7 @@ def test_even_spacing_with_float_noise_is_silent(tmp_path, qdm_warnings):
 
 
 def test_mixed_orientations_refused(tmp_path):
-    from conftest import rotation
+    from io_doubles import rotation
 
     base = rotation(0.2, -0.15, 0.4)
     tilted = rotation(0.2, -0.15, 0.9)

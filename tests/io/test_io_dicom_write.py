@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pydicom
 import pytest
-from conftest import assert_one_line_naming, ct_values, oblique_affine, write_ct_series
+from io_doubles import assert_one_line_naming, ct_values, oblique_affine, write_ct_series
 from pydicom.uid import ExplicitVRLittleEndian
 
 from qdm_med.errors import InputError, OutputError

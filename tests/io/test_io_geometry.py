@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import oblique_affine, rotation
+from io_doubles import oblique_affine, rotation
 
 from qdm_med.io.geometry import (
     affine_from_itk,

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_naming
+from io_doubles import assert_one_line_naming
 from PIL import Image
 
 from qdm_med.errors import InputError, OutputError

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import assert_one_line_naming, ct_values, oblique_affine
+from io_doubles import assert_one_line_naming, ct_values, oblique_affine
 
 from qdm_med.errors import InputError, OutputError
 from qdm_med.io import Volume, load_volume, save_volume

@@ -8,7 +8,7 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import assert_one_line_naming, ct_values, oblique_affine
+from io_doubles import assert_one_line_naming, ct_values, oblique_affine
 
 from qdm_med.errors import InputError, OutputError
 from qdm_med.io import Volume, load_volume, save_volume

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_naming, ct_values, oblique_affine, write_ct_series
+from io_doubles import assert_one_line_naming, ct_values, oblique_affine, write_ct_series
 
 from qdm_med.errors import InputError, OutputError
 from qdm_med.io import Volume, load_volume, save_volume

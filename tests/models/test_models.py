@@ -212,3 +212,28 @@ def test_sr_module_configure_validates():
     assert (sr.steps, sr.sampler, sr.threshold) == (5, "tds", 0.3)
     keys = set(sr.state_dict())
     assert any(k.startswith("qdm.") for k in keys) and "first_stage.scale_factor" in keys
+
+
+def test_sincos_offset_is_a_crop_of_the_larger_grid():
+    from qdm_med.models.blocks import sincos_pos_embed_2d
+
+    big = sincos_pos_embed_2d(32, 8, 8).view(8, 8, 32)
+    crop = sincos_pos_embed_2d(32, 4, 3, offset=(2, 5)).view(4, 3, 32)
+    torch.testing.assert_close(crop, big[2:6, 5:8])
+
+
+def test_pos_offset_changes_only_positions_and_defaults_to_inference_grid():
+    from qdm_med.models import build_qdm
+
+    torch.manual_seed(0)
+    m = build_qdm("tiny", 4, 1, cond="lr").eval()
+    for p in m.parameters():  # leave the zero-initialised identity so positions can matter
+        p.data.add_(0.02 * torch.randn_like(p))
+    x, lr, t = torch.randn(1, 4, 32, 32), torch.randn(1, 1, 8, 8), torch.tensor([3.0])
+    with torch.no_grad():
+        a0, b0 = m(x, t, lr)
+        a1, b1 = m(x, t, lr, pos_offset=(0, 0))
+        a2, _ = m(x, t, lr, pos_offset=(1, 2))
+    torch.testing.assert_close(a0, a1)
+    torch.testing.assert_close(b0, b1)
+    assert not torch.allclose(a0, a2)

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, synthetic_ct, tiny_bundle
+from training_doubles import REPO, synthetic_ct, tiny_bundle
 from monai.bundle import ConfigParser, verify_metadata
 
 from qdm_med.inference.bundle import build_network

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import synthetic_ct, tiny_bundle
+from training_doubles import synthetic_ct, tiny_bundle
 from typer.testing import CliRunner
 
 from qdm_med.cli import app
