@@ -39,7 +39,7 @@ QDM_CONFIGS: dict[str, dict[str, Any]] = {
     "B": {"hidden": 768, "depth": 6, "heads": 12},
     "L": {"hidden": 1024, "depth": 12, "heads": 16},
     # Sizes that train on a 2-core CPU.
-    "cpu_small": {"hidden": 128, "depth": 4, "heads": 4, "down_hidden": 96, "down_depth": 2, "down_heads": 4},
+    "cpu_small": {"hidden": 128, "depth": 4, "heads": 4, "down_hidden": 96, "down_depth": 2, "down_heads": 4, "detail_channels": 32},
     "tiny": {"hidden": 32, "depth": 2, "heads": 2, "down_hidden": 32, "down_depth": 1, "down_heads": 2},
 }
 
@@ -52,6 +52,10 @@ class DualStreamQDM(nn.Module):
         lr_channels: channels of the LR image (1 for CT, 3 for photos).
         hidden, depth, heads: upstream DiT size; ``down_*`` the downstream's (default: the same).
         up_patch: upstream patch size (8); down_patch: downstream patch (2); window: tokens per window side (8).
+        detail_channels: width of the downstream's convolutional detail branch (0 = none, the paper's model).
+            Three 3x3 convolutions on each window's input (plus a halo of 3 latent pixels and the timestep as a
+            channel) add pixel-level detail that a linear 2x2-patch embedding learns slowly; the branch runs
+            only where the downstream runs, so homogeneous windows still cost nothing.
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class DualStreamQDM(nn.Module):
         mlp_ratio: float = 4.0,
         lr_interp: str = "bicubic",
         cond: str = "lr",
+        detail_channels: int = 0,
     ) -> None:
         super().__init__()
         if cond not in ("lr", "latent"):
@@ -98,6 +103,11 @@ class DualStreamQDM(nn.Module):
             [WindowCrossBlock(self.down_hidden, self.hidden, self.down_heads, mlp_ratio) for _ in range(self.down_depth)]
         )
         self.down_final = FinalLayer(self.down_hidden, self.down_patch, self.latent_channels)
+        self.detail_channels, self.detail_halo = int(detail_channels), 3
+        self.detail = None
+        if self.detail_channels > 0:
+            fc = self.detail_channels
+            self.detail = nn.Sequential(nn.Conv2d(cin + 1, fc, 3), nn.GELU(), nn.Conv2d(fc, fc, 3), nn.GELU(), nn.Conv2d(fc, self.latent_channels, 3))
         self.initialize_weights()
 
     # ----------------------------------------------------------------------------------------- init
@@ -119,6 +129,9 @@ class DualStreamQDM(nn.Module):
         for fin in (self.up_final, self.down_final):
             nn.init.zeros_(fin.linear.weight)
             nn.init.zeros_(fin.linear.bias)
+        if self.detail is not None:  # the branch starts silent, like the adaLN-Zero blocks
+            nn.init.zeros_(self.detail[-1].weight)
+            nn.init.zeros_(self.detail[-1].bias)
 
     # ------------------------------------------------------------------------------------- helpers
     def conditioning(self, lr: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -192,7 +205,19 @@ class DualStreamQDM(nn.Module):
         nh, nw = h // s, w // s
         return xw.view(b, nh, nw, c, s, s).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
-    def _run_windows(self, tok: torch.Tensor, bidx: torch.Tensor, widx: torch.Tensor, kvs, mods, t_tok, pos_w) -> torch.Tensor:
+    #: the timestep enters the detail branch as an input channel t / 10 (t is an unnormalised step index)
+    T_INPUT_SCALE = 0.1
+
+    def _halo_windows(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(B*nWin, Cin+1, 16+2r, 16+2r): each window's input and timestep channel with a replicate halo of r."""
+        b, _, hp, wp = x.shape
+        tm = t.view(b, 1, 1, 1).expand(b, 1, hp, wp) if t.ndim == 1 else t
+        z = torch.cat([x, tm.to(x.dtype) * self.T_INPUT_SCALE], dim=1)
+        r, s = self.detail_halo, self.win_px
+        z = F.pad(z, (r, r, r, r), mode="replicate").unfold(2, s + 2 * r, s).unfold(3, s + 2 * r, s)  # (B, C, nh, nw, S, S)
+        return z.permute(0, 2, 3, 1, 4, 5).reshape(-1, z.shape[1], s + 2 * r, s + 2 * r)
+
+    def _run_windows(self, tok: torch.Tensor, bidx: torch.Tensor, widx: torch.Tensor, kvs, mods, t_tok, pos_w, halo=None) -> torch.Tensor:
         """Downstream blocks on gathered window tokens (n, 64, Dd) -> pixels (n, Cz, 16, 16).
 
         ``bidx``/``widx``: batch item and window position of each row; ``kvs``: per block (B, 2, heads, Nu, d);
@@ -210,7 +235,10 @@ class DualStreamQDM(nn.Module):
             tok = blk(tok, kv[bidx], mod)
         out = self.down_final(tok, mod=final_mod)  # (n, 64, 4*Cz)
         n, p, s = tok.shape[0], self.down_patch, self.window
-        return out.view(n, s, s, p, p, self.latent_channels).permute(0, 5, 1, 3, 2, 4).reshape(n, self.latent_channels, s * p, s * p)
+        out = out.view(n, s, s, p, p, self.latent_channels).permute(0, 5, 1, 3, 2, 4).reshape(n, self.latent_channels, s * p, s * p)
+        if self.detail is not None:
+            out = out + self.detail(halo)  # valid 3x3 convolutions: (16 + 2r) -> 16
+        return out
 
     def _down_setup(self, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor, pos_offset=(0, 0)):
         b, _, hp, wp = x.shape
@@ -238,7 +266,8 @@ class DualStreamQDM(nn.Module):
         grid = self.down_embed(x)  # (B, Dd, Hp/2, Wp/2), full-image patch embedding
         tok = self._windows(grid, self.window).flatten(2).transpose(1, 2)  # (B*nWin, 64, Dd)
         ids = torch.arange(b * nwin, device=x.device)
-        down = self._run_windows(tok, ids // nwin, ids % nwin, kvs, mods, t_tok, pos_w)
+        halo = self._halo_windows(x, t) if self.detail is not None else None
+        down = self._run_windows(tok, ids // nwin, ids % nwin, kvs, mods, t_tok, pos_w, halo)
         down = self._unwindows(down, b, hp, wp)
         skip = self._skip(x)
         down, up = down + skip, up + skip
@@ -273,11 +302,13 @@ class DualStreamQDM(nn.Module):
             nwin, pos_w, kvs, mods, t_tok = self._down_setup(x, t, hidden)
             xw = self._windows(x, self.win_px)  # view-based gather source (B*nWin, Cin, 16, 16)
             down_w = x.new_zeros(b * nwin, self.latent_channels, self.win_px, self.win_px)
+            halo = self._halo_windows(x, t) if self.detail is not None else None
             for start in range(0, idx.numel(), max(1, int(chunk_size))):
                 sel = idx[start : start + max(1, int(chunk_size))]
                 tok = self.down_embed(xw.index_select(0, sel)).flatten(2).transpose(1, 2)
                 tt = None if t_tok is None else t_tok.index_select(0, sel)
-                down_w[sel] = self._run_windows(tok, sel // nwin, sel % nwin, kvs, mods, tt, pos_w)
+                hs = None if halo is None else halo.index_select(0, sel)
+                down_w[sel] = self._run_windows(tok, sel // nwin, sel % nwin, kvs, mods, tt, pos_w, hs)
             down = self._unwindows(down_w, b, hp, wp)
             m = F.interpolate(tok_mask[:, None].float(), scale_factor=self.down_patch, mode="nearest") > 0.5
             pred = torch.where(m, down, up)
@@ -324,11 +355,15 @@ class DualStreamQDM(nn.Module):
         blk += tw * (dd * dd + 2 * nu * dd + dd * dd + 2 * dd * hid_d)  # cross-attention + MLP
         total += self.down_depth * a * blk
         total += a * tw * dd * self.down_patch**2 * cz  # final layer
+        if self.detail is not None:  # three valid 3x3 convolutions per active window
+            fc, side = self.detail_channels, self.win_px + 2 * self.detail_halo
+            total += a * 9 * ((side - 2) ** 2 * (cin + 1) * fc + (side - 4) ** 2 * fc * fc + (side - 6) ** 2 * fc * cz)
         return int(total)
 
     def extra_repr(self) -> str:
         return (f"latent={self.latent_channels}, lr={self.lr_channels}, up={self.hidden}/{self.depth}/{self.heads}, "
-                f"down={self.down_hidden}/{self.down_depth}/{self.down_heads}, window={self.window}x{self.window} tokens")
+                f"down={self.down_hidden}/{self.down_depth}/{self.down_heads}, window={self.window}x{self.window} tokens, "
+                f"detail={self.detail_channels}")
 
 
 def build_qdm(name: str, latent_channels: int, lr_channels: int, **overrides) -> DualStreamQDM:

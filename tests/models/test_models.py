@@ -28,8 +28,9 @@ def inputs(b=2, cz=16, h=32, w=48, c=1, seed=1):
 
 
 @torch.no_grad()
-def test_full_mask_sparse_equals_dense():
-    m = random_model()
+@pytest.mark.parametrize("detail", [0, 8])
+def test_full_mask_sparse_equals_dense(detail):
+    m = random_model(detail_channels=detail)
     x, t, lr = inputs()
     down, up = m(x, t, lr)
     pred, info = m.forward_sparse(x, t, lr, torch.ones(2, 16, 24, dtype=torch.bool))
@@ -39,12 +40,15 @@ def test_full_mask_sparse_equals_dense():
 
 
 @torch.no_grad()
-def test_empty_mask_never_runs_downstream():
-    m = random_model()
+@pytest.mark.parametrize("detail", [0, 8])
+def test_empty_mask_never_runs_downstream(detail):
+    m = random_model(detail_channels=detail)
     x, t, lr = inputs()
     calls = []
     handles = [blk.register_forward_hook(lambda *a: calls.append(1)) for blk in m.down_blocks]
     handles.append(m.down_embed.register_forward_hook(lambda *a: calls.append(1)))
+    if detail:
+        handles.append(m.detail.register_forward_hook(lambda *a: calls.append(1)))
     pred, info = m.forward_sparse(x, t, lr, torch.zeros(2, 16, 24, dtype=torch.bool))
     for h in handles:
         h.remove()
@@ -53,8 +57,9 @@ def test_empty_mask_never_runs_downstream():
 
 
 @torch.no_grad()
-def test_partial_mask_combines_down_and_up_per_token():
-    m = random_model()
+@pytest.mark.parametrize("detail", [0, 8])
+def test_partial_mask_combines_down_and_up_per_token(detail):
+    m = random_model(detail_channels=detail)
     x, t, lr = inputs()
     down, up = m(x, t, lr)
     tok = torch.zeros(2, 16, 24, dtype=torch.bool)
@@ -103,8 +108,9 @@ def test_constant_timestep_map_equals_scalar_timestep():
 
 @pytest.mark.parametrize("per_token", [False, True])
 @pytest.mark.parametrize("pattern", ["full", "empty", "some"])
-def test_macs_analytic_equals_hook_count(per_token, pattern):
-    m = random_model()
+@pytest.mark.parametrize("detail", [0, 8])
+def test_macs_analytic_equals_hook_count(per_token, pattern, detail):
+    m = random_model(detail_channels=detail)
     x, t, lr = inputs()
     if per_token:
         t = torch.rand(2, 1, 32, 48, generator=torch.Generator().manual_seed(2)) * 14
