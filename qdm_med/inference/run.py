@@ -236,12 +236,13 @@ class ResolvedModel:
 
 def default_bundle_dir(kind: str, scale: int) -> Path:
     """The shipped bundle for ``kind`` ("volume"/"image") and ``scale``: ``qdm_ct_x{s}`` or
-    ``qdm_natural_x{s}`` under ``$QDM_MED_BUNDLES`` or the repository's ``bundles/``."""
+    ``qdm_natural_x{s}`` under ``$QDM_MED_BUNDLES``, ``./bundles`` (a clone, after ``pip install .``) or the
+    repository's ``bundles/`` next to the package (an editable install)."""
     name = f"qdm_{'natural' if kind == 'image' else 'ct'}_x{scale}"
     roots = []
     if os.environ.get("QDM_MED_BUNDLES"):
         roots.append(Path(os.environ["QDM_MED_BUNDLES"]))
-    roots.append(Path(__file__).resolve().parents[2] / "bundles")
+    roots += [Path.cwd() / "bundles", Path(__file__).resolve().parents[2] / "bundles"]
     for root in roots:
         if (root / name / "configs").is_dir():
             return root / name

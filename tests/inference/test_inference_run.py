@@ -260,3 +260,15 @@ def test_mask_picture(tmp_path, ct_file):
         run.make_mask_picture(ct_file, 0.1, out)
     with pytest.raises(QDMError):
         run.make_mask_picture(tmp_path / "nope.nii.gz", 0.1, tmp_path / "m3.png")
+
+
+def test_default_bundle_found_in_env_then_working_folder(tmp_path, monkeypatch):
+    from qdm_med.inference.run import default_bundle_dir
+
+    for root in ("env", "cwd/bundles"):
+        (tmp_path / root / "qdm_ct_x8" / "configs").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.delenv("QDM_MED_BUNDLES", raising=False)
+    assert default_bundle_dir("volume", 8).resolve() == (tmp_path / "cwd" / "bundles" / "qdm_ct_x8").resolve()
+    monkeypatch.setenv("QDM_MED_BUNDLES", str(tmp_path / "env"))
+    assert default_bundle_dir("volume", 8) == tmp_path / "env" / "qdm_ct_x8"
