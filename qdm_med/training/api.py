@@ -61,6 +61,7 @@ def train_bundle(bundle, data=None, corpus: bool = False, max_steps: int | None 
     out = Path(output) if output is not None else default_output(bundle)
     if (out / "checkpoint.pt").exists() and not resume and rank == 0:
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --output for a new folder")
+    torch.manual_seed(int(settings["seed"]))  # seeded initialisation: the training command reproduces its weights
     stage = build_stage(settings)
     train_ds, val, split = build_datasets(settings, data=data, corpus=corpus)
     logger.info("%s: %d training samples per epoch; patients train=%s val=%s", settings["name"], len(train_ds), split["train"], split["val"])

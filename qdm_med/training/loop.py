@@ -74,6 +74,8 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         ema.load_state_dict(ck["ema"])
+        if ck.get("extra") is not None and hasattr(stage, "load_extra_state"):
+            stage.load_extra_state(ck["extra"])
         step = int(ck["step"])
         set_rng_state(ck["rng"][rank] if isinstance(ck["rng"], list) else ck["rng"], gen)
         logger.info("resumed %s at step %d", output / CHECKPOINT, step)
@@ -95,8 +97,9 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
         if not writer:
             return
         rngs = [rng_state(gen)]
+        extra = stage.extra_state() if hasattr(stage, "extra_state") else None
         save_checkpoint(output / CHECKPOINT, {"model": model.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
-                                              "step": step, "rng": rngs[0], "stage": stage.name})
+                                              "step": step, "rng": rngs[0], "stage": stage.name, "extra": extra})
         save_checkpoint(output / "models" / "model.pt", stage.export(ema.shadow))
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn()]
@@ -117,6 +120,8 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
             if clip:
                 torch.nn.utils.clip_grad_norm_(params, clip)
             opt.step()
+            if hasattr(stage, "after_step"):
+                logs.update(stage.after_step())
             ema.update(model)
             step += 1
             last = {"step": step, "loss": float(loss.detach()), "lr": lr_now, "sec_per_step": time.perf_counter() - t0, **logs}

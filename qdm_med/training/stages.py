@@ -3,19 +3,51 @@
 A stage owns the trainable module, computes the loss of a batch, validates, and exports the weights a
 bundle ships (``models/model.pt``): the first stage's state dict for the VAE, the full LR->SR module's
 (first stage + QDM, EMA weights) for QDM.
+
+Optional terms (``train`` settings, all 0 by default):
+
+- VAE ``perceptual_weight``: LPIPS (AlexNet, loaded offline from ``qdm-med data fetch``) between the
+  reconstruction and the HR; ``adversarial_weight``: least-squares patch-adversarial loss against MONAI's
+  ``PatchDiscriminator`` (trained by the stage's own optimizer from step ``adversarial_start``; its
+  weights and optimizer are part of the checkpoint, so resume stays exact).
+- QDM ``lpips_weight``: the LPIPS fine-tune term ``l3 * LPIPS(decode(down), HR)``; with ``init_from``
+  (a QDM bundle's ``models/model.pt``) it fine-tunes a trained model instead of starting from scratch.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from qdm_med.errors import ConfigError
 from qdm_med.metrics import psnr, ssim
 from qdm_med.training.config import build_diffusion_from, build_first_stage_from, build_qdm_from
 
 __all__ = ["VAEStage", "QDMStage", "build_stage"]
+
+
+def _lpips_module(settings: dict):
+    """Frozen LPIPS for a loss term (ConfigError when its offline weights are missing)."""
+    from qdm_med.inference.scoring import default_lpips_path
+    from qdm_med.metrics.lpips_offline import load_lpips
+
+    path = settings["train"].get("lpips_path") or default_lpips_path()
+    module = load_lpips(path)
+    if module is None:
+        raise ConfigError(f"{path}: no LPIPS weights for the perceptual term; run `qdm-med data fetch` or set the weight to 0")
+    return module
+
+
+def _lpips_loss(module, pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Mean LPIPS of (B, C, H, W) images in [-1, 1] (gray images repeated to RGB)."""
+    module.to(pred.device)
+    if pred.shape[1] == 1:
+        pred, ref = pred.expand(-1, 3, -1, -1), ref.expand(-1, 3, -1, -1)
+    return module(pred, ref).mean()
 
 
 def _scores(pred: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
@@ -33,7 +65,31 @@ class VAEStage:
     def __init__(self, settings: dict) -> None:
         self.settings = settings
         self.model = build_first_stage_from(settings, load_weights=False)
-        self.kl_weight = float(settings["train"]["kl_weight"])
+        t = settings["train"]
+        self.kl_weight = float(t["kl_weight"])
+        self.perceptual_weight = float(t.get("perceptual_weight", 0.0))
+        self.adversarial_weight = float(t.get("adversarial_weight", 0.0))
+        self.adversarial_start = int(t.get("adversarial_start", 0))
+        self.lpips = _lpips_module(settings) if self.perceptual_weight > 0 else None
+        self.discriminator = self.d_opt = None
+        if self.adversarial_weight > 0:
+            from monai.losses import PatchAdversarialLoss
+            from monai.networks.nets import PatchDiscriminator
+
+            self.discriminator = PatchDiscriminator(spatial_dims=2, channels=32, in_channels=self.model.in_channels, num_layers_d=3)
+            self.d_opt = torch.optim.AdamW(self.discriminator.parameters(), lr=float(t["lr"]), betas=(0.5, 0.9))
+            self.adv_loss = PatchAdversarialLoss(criterion="least_squares")
+        self.step = 0
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def to(self, device) -> "VAEStage":
+        for m in (self.lpips, self.discriminator):
+            if m is not None:
+                m.to(device)
+        return self
+
+    def _adversarial_on(self) -> bool:
+        return self.discriminator is not None and self.step >= self.adversarial_start
 
     def loss(self, model: nn.Module, hr: torch.Tensor, lr: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         inner = getattr(model, "module", model)  # DDP wraps the module; call the wrapper so gradients sync
@@ -42,7 +98,43 @@ class VAEStage:
         rec, mu, sigma = model(hr, noise)
         l1 = F.l1_loss(rec, hr)
         kl = 0.5 * torch.sum(mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-12) - 1, dim=[1, 2, 3]).mean()
-        return l1 + self.kl_weight * kl, {"l1": float(l1.detach()), "kl": float(kl.detach())}
+        loss, logs = l1 + self.kl_weight * kl, {"l1": float(l1.detach()), "kl": float(kl.detach())}
+        if self.lpips is not None:
+            p = _lpips_loss(self.lpips, rec, hr)
+            loss, logs["perceptual"] = loss + self.perceptual_weight * p, float(p.detach())
+        if self._adversarial_on():
+            g = self.adv_loss(self.discriminator(rec.contiguous().float())[-1], target_is_real=True, for_discriminator=False)
+            loss, logs["adv_g"] = loss + self.adversarial_weight * g, float(g.detach())
+        self._last = (hr.detach(), rec.detach())
+        return loss, logs
+
+    def after_step(self) -> dict:
+        """Train the discriminator on the last batch (real HR vs reconstruction); returns its logs."""
+        self.step += 1
+        if not self._adversarial_on() or self._last is None:
+            return {}
+        hr, rec = self._last
+        real = self.adv_loss(self.discriminator(hr.contiguous())[-1], target_is_real=True, for_discriminator=True)
+        fake = self.adv_loss(self.discriminator(rec.contiguous())[-1], target_is_real=False, for_discriminator=True)
+        d_loss = 0.5 * (real + fake)
+        self.d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.d_opt.step()
+        return {"adv_d": float(d_loss.detach())}
+
+    def extra_state(self) -> dict:
+        """What exact resume needs besides the trained module (discriminator and its optimizer)."""
+        out: dict = {"step": self.step}
+        if self.discriminator is not None:
+            out["discriminator"] = self.discriminator.state_dict()
+            out["d_opt"] = self.d_opt.state_dict()
+        return out
+
+    def load_extra_state(self, state: dict) -> None:
+        self.step = int(state.get("step", 0))
+        if self.discriminator is not None and "discriminator" in state:
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.d_opt.load_state_dict(state["d_opt"])
 
     @torch.no_grad()
     def validate(self, model: nn.Module, val: list[dict], device) -> dict:
@@ -78,9 +170,26 @@ class QDMStage:
         # crops see token positions 0..g-1 only; a random shift of up to pos_jitter upstream tokens lets the
         # model meet every position of an inference-size slice (whose grid is up to g + pos_jitter)
         self.pos_jitter = int(t.get("pos_jitter", 0))
+        self.lpips_weight = float(t.get("lpips_weight", 0.0))
+        self.lpips = _lpips_module(settings) if self.lpips_weight > 0 else None
+        if t.get("init_from"):
+            self._init_from(Path(settings["bundle_dir"]) / t["init_from"])
+
+    def _init_from(self, path: Path) -> None:
+        """Start from a trained QDM (a bundle's ``models/model.pt``: the SR module's state dict)."""
+        if not path.is_file():
+            raise ConfigError(f"{path}: init_from names no file (a QDM bundle's models/model.pt)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        qdm = {k[len("qdm."):]: v.float() if torch.is_floating_point(v) else v for k, v in state.items() if k.startswith("qdm.")}
+        try:
+            self.model.load_state_dict(qdm, strict=True)
+        except RuntimeError as err:
+            raise ConfigError(f"{path}: does not fit this bundle's QDM ({' '.join(str(err).split())[:160]})") from None
 
     def to(self, device) -> "QDMStage":
         self.first_stage.to(device)
+        if self.lpips is not None:
+            self.lpips.to(device)
         return self
 
     def loss(self, model: nn.Module, hr: torch.Tensor, lr: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
@@ -96,7 +205,11 @@ class QDMStage:
         cond = self.model.conditioning(lr, y)
         kwargs = {"pos_offset": offset} if self.pos_jitter else None
         out = self.diffusion.training_loss(model, x0, y, cond, mask, t, noise=noise, l1=self.l1, l2=self.l2, model_kwargs=kwargs)
-        return out["loss"], {"mse_down": float(out["mse_down"]), "mse_up": float(out["mse_up"])}
+        loss, logs = out["loss"], {"mse_down": float(out["mse_down"]), "mse_up": float(out["mse_up"])}
+        if self.lpips is not None:  # fine-tune term on the decoded downstream prediction
+            p = _lpips_loss(self.lpips, self.first_stage.decode(out["down"]).clamp(-1, 1), hr)
+            loss, logs["lpips"] = loss + self.lpips_weight * p, float(p.detach())
+        return loss, logs
 
     def sr_module(self, qdm: nn.Module):
         from qdm_med.inference.pipeline import QDMSuperResolution

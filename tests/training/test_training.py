@@ -140,3 +140,64 @@ def test_ddp_two_processes_keep_identical_replicas(tmp_path, ct_folder):
     assert (out / "models" / "model.pt").is_file()  # rank 0 wrote
     init = tiny_bundle(tmp_path / "fresh", "qdm_ct_x8")  # weights moved away from initialisation
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 3 and init.exists()
+
+
+def test_initialisation_is_seeded(tmp_path, ct_folder):
+    bundle = tiny_bundle(tmp_path, "qdm_ct_x8", {"train": {"checkpoint_every": 1}})
+    torch.manual_seed(123)  # whatever the caller's RNG state, the run starts from the same weights
+    train_bundle(bundle, data=ct_folder, max_steps=1, output=tmp_path / "a", quiet=True, device="cpu")
+    torch.manual_seed(456)
+    train_bundle(bundle, data=ct_folder, max_steps=1, output=tmp_path / "b", quiet=True, device="cpu")
+    a, b = load_checkpoint(tmp_path / "a" / "checkpoint.pt"), load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_vae_optional_perceptual_and_adversarial_terms_resume_exactly(tmp_path, ct_folder):
+    lp = tmp_path / "alex.pt"
+    from qdm_med.metrics.lpips_offline import build_lpips
+
+    torch.manual_seed(0)
+    torch.save(build_lpips().state_dict(), lp)  # random AlexNet weights: the term's plumbing, not its quality
+    extra = {"train": {"perceptual_weight": 0.1, "adversarial_weight": 0.05, "adversarial_start": 1, "lpips_path": str(lp),
+                       "checkpoint_every": 1, "validate_every": 100, "log_every": 1, "warmup": 0}}
+    bundle = tiny_bundle(tmp_path, "vae_ct", extra)
+    train_bundle(bundle, data=ct_folder, max_steps=4, output=tmp_path / "full", quiet=True, device="cpu")
+    train_bundle(bundle, data=ct_folder, max_steps=2, output=tmp_path / "part", quiet=True, device="cpu")
+    train_bundle(bundle, data=ct_folder, max_steps=4, output=tmp_path / "part", resume=True, quiet=True, device="cpu")
+    logs = [json.loads(line) for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines() if "loss" in line]
+    assert "perceptual" in logs[0] and "adv_g" not in logs[0] and "adv_g" in logs[-1] and "adv_d" in logs[-1]
+    assert _losses(tmp_path / "full") == _losses(tmp_path / "part")
+    a, b = load_checkpoint(tmp_path / "full" / "checkpoint.pt"), load_checkpoint(tmp_path / "part" / "checkpoint.pt")
+    for k in a["extra"]["discriminator"]:
+        assert torch.equal(a["extra"]["discriminator"][k], b["extra"]["discriminator"][k]), k
+
+
+def test_perceptual_term_without_lpips_weights_is_a_clear_error(tmp_path, ct_folder):
+    bundle = tiny_bundle(tmp_path, "vae_ct", {"train": {"perceptual_weight": 0.1, "lpips_path": str(tmp_path / "missing.pt")}})
+    with pytest.raises(ConfigError, match="no LPIPS weights"):
+        train_bundle(bundle, data=ct_folder, max_steps=1, output=tmp_path / "run", quiet=True, device="cpu")
+
+
+def test_qdm_lpips_finetune_from_trained_model(tmp_path, ct_folder):
+    lp = tmp_path / "alex.pt"
+    from qdm_med.metrics.lpips_offline import build_lpips
+
+    torch.save(build_lpips().state_dict(), lp)
+    bundle = tiny_bundle(tmp_path, "qdm_ct_x8")
+    train_bundle(bundle, data=ct_folder, max_steps=2, output=tmp_path / "base", quiet=True, device="cpu")
+    base = tmp_path / "base" / "models" / "model.pt"
+    ft = tiny_bundle(tmp_path / "ft", "qdm_ct_x8", {"train": {"lpips_weight": 0.1, "lpips_path": str(lp), "init_from": str(base), "log_every": 1}})
+    from qdm_med.training.config import bundle_settings
+    from qdm_med.training.stages import QDMStage
+
+    stage = QDMStage(bundle_settings(ft, "train"))
+    state = torch.load(base, weights_only=True)
+    for k, v in stage.model.state_dict().items():
+        assert torch.equal(v, state["qdm." + k]), k
+    train_bundle(ft, data=ct_folder, max_steps=2, output=tmp_path / "ftrun", quiet=True, device="cpu")
+    logs = [json.loads(line) for line in (tmp_path / "ftrun" / "log.jsonl").read_text().splitlines() if "loss" in line]
+    assert all("lpips" in r for r in logs)
+    bad = tiny_bundle(tmp_path / "bad", "qdm_ct_x8", {"train": {"init_from": str(tmp_path / "nope.pt")}})
+    with pytest.raises(ConfigError, match="init_from"):
+        QDMStage(bundle_settings(bad, "train"))
