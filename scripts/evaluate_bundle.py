@@ -6,7 +6,7 @@ Runs :func:`qdm_med.evaluate` (seeded degradation of the HR, upscale, score) for
     python scripts/evaluate_bundle.py bundles/qdm_ct_x8 --hr $QDM_MED_DATA/ct/pyradiomics_lung2.nii.gz \
         --out runs/eval_qdm_ct_x8 [--slices 0,10,20] [--settings default,uniform7,full]
 
-Settings: ``default`` (the bundle's sampler/steps/threshold), ``uniform7`` (uniform, 7 steps, same
+Settings: ``default`` (the bundle's sampler/steps/threshold), ``uniform7`` / ``tss7`` (7 steps, same
 threshold), ``full`` (bundle sampler at threshold 0, the full mask), ``uniform1`` (one step: the x0
 prediction from the prior).
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 SETTINGS = {
     "default": {},
     "uniform7": {"sampler": "uniform", "steps": 7},
+    "tss7": {"sampler": "tss", "steps": 7},
     "full": {"threshold": 0.0},
     "uniform1": {"sampler": "uniform", "steps": 1},
 }
@@ -37,6 +38,7 @@ def main() -> None:
     ap.add_argument("--settings", default="default,uniform7,full")
     ap.add_argument("--slices", default=None, help="comma-separated slice indices (default: all)")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--tag", default="table", help="name of the table files in --out")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -65,14 +67,14 @@ def main() -> None:
                     "slices": m.get("slices"), "density": rep.get("mask_density"), "seconds": round(time.perf_counter() - t0, 1),
                 })
                 print(json.dumps(rows[-1]), flush=True)
-    (out / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / f"{args.tag}.json").write_text(json.dumps(rows, indent=2) + "\n")
     head = "| input | LR preset | sampling | PSNR model / bicubic | SSIM model / bicubic | PSNR full HU model / bicubic | SSIM full HU model / bicubic | mask density | slices |"
     lines = [head, "|" + "---|" * 9]
     f = lambda v, n: "-" if v is None else f"{float(v):.{n}f}"  # noqa: E731
     for r in rows:
         lines.append(f"| {r['input']} | {r['preset']} | {r['sampler']} | {f(r['psnr'], 2)} / {f(r['psnr_bic'], 2)} | {f(r['ssim'], 4)} / {f(r['ssim_bic'], 4)} "
                      f"| {f(r['psnr_full'], 2)} / {f(r['psnr_full_bic'], 2)} | {f(r['ssim_full'], 4)} / {f(r['ssim_full_bic'], 4)} | {f(r['density'], 3)} | {r['slices']} |")
-    (out / "table.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
