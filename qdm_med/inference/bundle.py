@@ -22,7 +22,7 @@ from monai.inferers import Inferer
 
 from qdm_med.errors import ConfigError
 
-__all__ = ["LoadedBundle", "build_network", "load_bundle", "SliceSRInferer", "run_inference", "run_reconstruction"]
+__all__ = ["LoadedBundle", "read_weights", "build_network", "load_bundle", "SliceSRInferer", "run_inference", "run_reconstruction"]
 
 logger = logging.getLogger("qdm_med")
 
@@ -37,6 +37,13 @@ class LoadedBundle:
     window: tuple[float, float]
     kind: str
     path: str
+
+
+def read_weights(path: str | Path) -> dict:
+    """A ``models/model.pt`` state dict (``weights_only=True``) with floating tensors in float32 (weights may
+    ship in half precision)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v.float() if torch.is_floating_point(v) else v for k, v in state.items()}
 
 
 def build_network(bundle_root: str | Path) -> nn.Module:
@@ -62,9 +69,7 @@ def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> L
         raise ConfigError(f"{bundle_dir} has no trained weights (models/model.pt); run `qdm-med train {bundle_dir} --corpus`")
     net = build_network(bundle_dir)
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        state = {k: v.float() if torch.is_floating_point(v) else v for k, v in state.items()}  # weights may ship in fp16
-        net.load_state_dict(state, strict=True)
+        net.load_state_dict(read_weights(weights), strict=True)
     except Exception as err:
         raise ConfigError(f"{weights}: does not fit the bundle's network ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
     net = net.to(device).eval()
@@ -129,7 +134,7 @@ def run_reconstruction(bundle_root, input, output, device: str = "auto", batch_s
     weights = Path(bundle_root) / "models" / "model.pt"
     if not weights.is_file():
         raise ConfigError(f"{bundle_root} has no trained weights (models/model.pt); run `qdm-med train {bundle_root} --corpus`")
-    vae.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    vae.load_state_dict(read_weights(weights))
     dev = resolve_device(device)
     vae = vae.to(dev).eval()
     inferencer = SliceWiseInferencer(vae.reconstruct, 1, window=settings["window"], batch_size=batch_size, device=dev,

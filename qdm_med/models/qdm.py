@@ -208,14 +208,21 @@ class DualStreamQDM(nn.Module):
     #: the timestep enters the detail branch as an input channel t / 10 (t is an unnormalised step index)
     T_INPUT_SCALE = 0.1
 
-    def _halo_windows(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """(B*nWin, Cin+1, 16+2r, 16+2r): each window's input and timestep channel with a replicate halo of r."""
+    def _halo_view(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(B, Cin+1, nh, nw, 16+2r, 16+2r) view: each window's input and timestep channel with a replicate
+        halo of r (an unfold view of the padded input: windows are copied only when gathered)."""
         b, _, hp, wp = x.shape
         tm = t.view(b, 1, 1, 1).expand(b, 1, hp, wp) if t.ndim == 1 else t
         z = torch.cat([x, tm.to(x.dtype) * self.T_INPUT_SCALE], dim=1)
         r, s = self.detail_halo, self.win_px
-        z = F.pad(z, (r, r, r, r), mode="replicate").unfold(2, s + 2 * r, s).unfold(3, s + 2 * r, s)  # (B, C, nh, nw, S, S)
-        return z.permute(0, 2, 3, 1, 4, 5).reshape(-1, z.shape[1], s + 2 * r, s + 2 * r)
+        return F.pad(z, (r, r, r, r), mode="replicate").unfold(2, s + 2 * r, s).unfold(3, s + 2 * r, s)
+
+    @staticmethod
+    def _gather_halo(view: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``ids`` (window order of :meth:`_windows`) of a halo view -> (n, Cin+1, S, S)."""
+        nh, nw = view.shape[2], view.shape[3]
+        nwin = nh * nw
+        return view[ids // nwin, :, (ids % nwin) // nw, ids % nw]
 
     def _run_windows(self, tok: torch.Tensor, bidx: torch.Tensor, widx: torch.Tensor, kvs, mods, t_tok, pos_w, halo=None) -> torch.Tensor:
         """Downstream blocks on gathered window tokens (n, 64, Dd) -> pixels (n, Cz, 16, 16).
@@ -266,7 +273,7 @@ class DualStreamQDM(nn.Module):
         grid = self.down_embed(x)  # (B, Dd, Hp/2, Wp/2), full-image patch embedding
         tok = self._windows(grid, self.window).flatten(2).transpose(1, 2)  # (B*nWin, 64, Dd)
         ids = torch.arange(b * nwin, device=x.device)
-        halo = self._halo_windows(x, t) if self.detail is not None else None
+        halo = self._gather_halo(self._halo_view(x, t), ids) if self.detail is not None else None
         down = self._run_windows(tok, ids // nwin, ids % nwin, kvs, mods, t_tok, pos_w, halo)
         down = self._unwindows(down, b, hp, wp)
         skip = self._skip(x)
@@ -302,12 +309,12 @@ class DualStreamQDM(nn.Module):
             nwin, pos_w, kvs, mods, t_tok = self._down_setup(x, t, hidden)
             xw = self._windows(x, self.win_px)  # view-based gather source (B*nWin, Cin, 16, 16)
             down_w = x.new_zeros(b * nwin, self.latent_channels, self.win_px, self.win_px)
-            halo = self._halo_windows(x, t) if self.detail is not None else None
+            halo = self._halo_view(x, t) if self.detail is not None else None
             for start in range(0, idx.numel(), max(1, int(chunk_size))):
                 sel = idx[start : start + max(1, int(chunk_size))]
                 tok = self.down_embed(xw.index_select(0, sel)).flatten(2).transpose(1, 2)
                 tt = None if t_tok is None else t_tok.index_select(0, sel)
-                hs = None if halo is None else halo.index_select(0, sel)
+                hs = None if halo is None else self._gather_halo(halo, sel)
                 down_w[sel] = self._run_windows(tok, sel // nwin, sel % nwin, kvs, mods, tt, pos_w, hs)
             down = self._unwindows(down_w, b, hp, wp)
             m = F.interpolate(tok_mask[:, None].float(), scale_factor=self.down_patch, mode="nearest") > 0.5

@@ -43,8 +43,8 @@ def _lpips_module(settings: dict):
 
 
 def _lpips_loss(module, pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Mean LPIPS of (B, C, H, W) images in [-1, 1] (gray images repeated to RGB)."""
-    module.to(pred.device)
+    """Mean LPIPS of (B, C, H, W) images in [-1, 1] (gray images repeated to RGB); the stage's ``to`` placed
+    ``module`` on the training device."""
     if pred.shape[1] == 1:
         pred, ref = pred.expand(-1, 3, -1, -1), ref.expand(-1, 3, -1, -1)
     return module(pred, ref).mean()
@@ -179,8 +179,9 @@ class QDMStage:
         """Start from a trained QDM (a bundle's ``models/model.pt``: the SR module's state dict)."""
         if not path.is_file():
             raise ConfigError(f"{path}: init_from names no file (a QDM bundle's models/model.pt)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        qdm = {k[len("qdm."):]: v.float() if torch.is_floating_point(v) else v for k, v in state.items() if k.startswith("qdm.")}
+        from qdm_med.inference.bundle import read_weights
+
+        qdm = {k[len("qdm."):]: v for k, v in read_weights(path).items() if k.startswith("qdm.")}
         try:
             self.model.load_state_dict(qdm, strict=True)
         except RuntimeError as err:
