@@ -329,6 +329,37 @@ def demo(
         typer.echo(line)
 
 
+# ----------------------------------------------------------------------------------------------- bench
+@app.command()
+@user_errors
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="4 slices, 2 repeats, a 16-slice end-to-end volume (a few minutes on 2 cores)."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="CT bundle folder (default: the shipped x8 CT bundle)."),
+    out: Path = typer.Option(Path("qdm_med_bench"), "--out", help="Folder for benchmarks.md, benchmarks.json and the PNG plots."),
+    suites: Optional[str] = typer.Option(None, "--suites", help="Comma-separated subset of: threshold, samplers, scaling, gather, end_to_end."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:i or auto."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Corpus folder (default: $QDM_MED_DATA or the user cache dir)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the degradation and the sampler."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing report files in --out."),
+    quiet: bool = typer.Option(False, "-q", "--quiet"),
+) -> None:
+    """Measure sparse vs dense, samplers, scaling and the window gather on held-out real CT; write tables and plots."""
+    from qdm_med.bench import run_bench
+
+    _setup_logging(quiet)
+    chosen = [s.strip() for s in suites.split(",") if s.strip()] if suites else None
+    args = " ".join(sys.argv[1:]) if sys.argv and Path(sys.argv[0]).name.startswith("qdm-med") else "bench"
+    result = run_bench(bundle=bundle, out=out, quick=quick, device=device, data_dir=data, seed=seed, suites=chosen,
+                       overwrite=overwrite, quiet=quiet, command=f"qdm-med {args}")
+    if not quiet:
+        t = result.get("targets", {})
+        if "sparse_speedup_at_default" in t:
+            typer.echo(f"sparse vs dense at s={result['defaults']['threshold']:g}: {t['sparse_speedup_at_default']:.2f}x")
+        if "gather_speedup" in t:
+            typer.echo(f"batched gather vs per-window loop: {t['gather_speedup']:.2f}x")
+        typer.echo(f"wrote {out / 'benchmarks.md'}, {out / 'benchmarks.json'} and {len(result.get('plots', []))} plot(s)")
+
+
 def run() -> None:  # pragma: no cover - console entry for `python -m qdm_med`
     app()
 

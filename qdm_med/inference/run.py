@@ -236,20 +236,16 @@ class ResolvedModel:
 
 def default_bundle_dir(kind: str, scale: int) -> Path:
     """The shipped bundle for ``kind`` ("volume"/"image") and ``scale``: ``qdm_ct_x{s}`` or
-    ``qdm_natural_x{s}`` under ``$QDM_MED_BUNDLES``, ``./bundles`` (a clone, after ``pip install .``) or the
-    repository's ``bundles/`` next to the package (an editable install)."""
+    ``qdm_natural_x{s}``, searched as :mod:`qdm_med.bundle_paths` says."""
+    from qdm_med.bundle_paths import available_bundles, find_bundle
+
     name = f"qdm_{'natural' if kind == 'image' else 'ct'}_x{scale}"
-    roots = []
-    if os.environ.get("QDM_MED_BUNDLES"):
-        roots.append(Path(os.environ["QDM_MED_BUNDLES"]))
-    roots += [Path.cwd() / "bundles", Path(__file__).resolve().parents[2] / "bundles"]
-    for root in roots:
-        if (root / name / "configs").is_dir():
-            return root / name
-    available = sorted({d.name for r in roots if r.is_dir() for d in r.iterdir() if (d / "configs").is_dir()})
+    found = find_bundle(name)
+    if found is not None:
+        return found
     raise ConfigError(
         f"no shipped bundle {name} for x{scale} {'images' if kind == 'image' else 'CT'} "
-        f"(available: {', '.join(available) or 'none'}); pass --bundle DIR or --bundle bicubic"
+        f"(available: {', '.join(available_bundles()) or 'none'}); pass --bundle DIR or --bundle bicubic"
     )
 
 

@@ -119,7 +119,8 @@ def autocast_context(device: torch.device, amp: bool | str = False):
 class InfoAggregator:
     """Aggregate the pipeline's per-call ``last_info`` dicts over batches and tiles.
 
-    Counts (``macs``, ``*_macs``, ``active_windows``, ``total_windows``, ``nfe``) are summed; fractions
+    Counts (``macs``, ``*_macs``, ``active_windows``, ``total_windows``, ``nfe``) and the per-stage seconds
+    of ``timings`` (encode / sample / decode) are summed; fractions
     (keys containing ``density``) are averaged weighted by the LR pixels of the call; anything else
     (``steps``, ``sampler``, ``threshold``) keeps its last value.
     """
@@ -144,6 +145,11 @@ class InfoAggregator:
         for key, value in info.items():
             if isinstance(value, torch.Tensor) and value.numel() == 1:
                 value = value.item()
+            if key == "timings" and isinstance(value, dict):  # per-stage seconds add up over calls
+                sums = self.sums.setdefault(key, {})
+                for stage, sec in value.items():
+                    sums[stage] = sums.get(stage, 0.0) + float(sec)
+                continue
             numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
             if numeric and self._is_sum(key):
                 self.sums[key] = self.sums.get(key, 0) + (int(value) if float(value).is_integer() else float(value))
@@ -155,7 +161,7 @@ class InfoAggregator:
 
     def result(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.last)
-        out.update(self.sums)
+        out.update({k: dict(v) if isinstance(v, dict) else v for k, v in self.sums.items()})
         for key, total in self.weighted.items():
             out[key] = total / self.weights[key] if self.weights[key] else None
         out["calls"] = self.calls

@@ -327,6 +327,45 @@ class DualStreamQDM(nn.Module):
         }
         return pred[..., :h, :w], info
 
+    def forward_window_loop(self, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+        """The reference implementation's sparse path: a Python loop over batch items and windows that runs
+        the downstream on one active window at a time. Same output as :meth:`forward_sparse` (up to float
+        rounding); kept as its test oracle and as the baseline of the gather benchmark.
+
+        Returns:
+            prediction (B, Cz, h, w).
+        """
+        x, t, (h, w) = self._prepare(x_in, t, lr)
+        b, _, hp, wp = x.shape
+        s, ts = self.win_px, self.window
+        tok_mask = torch.zeros(b, hp // self.down_patch, wp // self.down_patch, dtype=torch.bool, device=x.device)
+        if token_mask is None:
+            tok_mask[:] = True
+        else:
+            tm = torch.as_tensor(token_mask, device=x.device).bool()
+            tok_mask[:, : tm.shape[1], : tm.shape[2]] = tm
+        up, hidden = self._upstream(x, t)
+        nwin, pos_w, kvs, mods, t_tok = self._down_setup(x, t, hidden)
+        halo = self._halo_view(x, t) if self.detail is not None else None
+        pred = up.clone()
+        nw = wp // s
+        for i in range(b):
+            for k in range(nwin):
+                r, c = divmod(k, nw)
+                m = tok_mask[i, r * ts : (r + 1) * ts, c * ts : (c + 1) * ts]
+                if not bool(m.any()):
+                    continue
+                sel = torch.tensor([i * nwin + k], device=x.device)
+                tok = self.down_embed(x[i : i + 1, :, r * s : (r + 1) * s, c * s : (c + 1) * s]).flatten(2).transpose(1, 2)
+                tt = None if t_tok is None else t_tok.index_select(0, sel)
+                hs = None if halo is None else self._gather_halo(halo, sel)
+                down = self._run_windows(tok, sel // nwin, sel % nwin, kvs, mods, tt, pos_w, hs)[0]
+                m_px = m.repeat_interleave(self.down_patch, 0).repeat_interleave(self.down_patch, 1)
+                region = pred[i, :, r * s : (r + 1) * s, c * s : (c + 1) * s]
+                pred[i, :, r * s : (r + 1) * s, c * s : (c + 1) * s] = torch.where(m_px, down, region)
+        pred = pred + self._skip(x)
+        return pred[..., :h, :w]
+
     # ----------------------------------------------------------------------------------------- MACs
     def macs(self, latent_hw, active_windows: int, batch: int, per_token_t: bool = False) -> int:
         """Exact multiply-accumulates of one call: linear layers, convolutions and attention matmuls

@@ -17,17 +17,17 @@ logger = logging.getLogger("qdm_med.training")
 
 
 def locate_bundle(name: str) -> str:
-    """Folder of bundle ``name``: the current folder if it is that bundle, ``./bundles/<name>``,
-    ``$QDM_MED_BUNDLES/<name>``, or the repository's ``bundles/<name>`` (used by the bundle configs'
-    ``bundle_root``; override with ``--bundle_root DIR`` in ``monai.bundle run``)."""
-    candidates = [Path.cwd(), Path.cwd() / "bundles" / name]
-    if os.environ.get("QDM_MED_BUNDLES"):
-        candidates.append(Path(os.environ["QDM_MED_BUNDLES"]) / name)
-    candidates.append(Path(__file__).resolve().parents[2] / "bundles" / name)
-    for c in candidates:
-        if c.name == name and (c / "configs" / "train.json").is_file():
-            return str(c.resolve())
-    raise ConfigError(f"cannot find bundle {name!r} (looked in {', '.join(str(c) for c in candidates)}); pass --bundle_root DIR")
+    """Folder of bundle ``name``: the current folder if it is that bundle, else the search of
+    :mod:`qdm_med.bundle_paths` (used by the bundle configs' ``bundle_root``; override with
+    ``--bundle_root DIR`` in ``monai.bundle run``)."""
+    from qdm_med.bundle_paths import bundle_roots, find_bundle
+
+    cwd = Path.cwd()
+    found = cwd if cwd.name == name and (cwd / "configs" / "train.json").is_file() else find_bundle(name)
+    if found is None:
+        looked = ", ".join(str(r / name) for r in bundle_roots())
+        raise ConfigError(f"cannot find bundle {name!r} (looked in {cwd}, {looked}); pass --bundle_root DIR")
+    return str(found.resolve())
 
 
 def default_output(bundle_dir: Path) -> Path:

@@ -75,7 +75,7 @@ def build_first_stage_from(settings: dict, load_weights: bool = True):
     vae_bundle = fs_cfg.pop("bundle", None)
     fs = build_first_stage(kind, settings["in_channels"], **fs_cfg)
     if kind == "kl_vae" and load_weights and settings.get("stage") == "qdm":
-        import torch
+        from qdm_med.inference.bundle import read_weights
 
         if vae_bundle is None:
             raise ConfigError(f"{settings['name']}: first_stage kl_vae needs 'bundle' (the VAE bundle folder)")
@@ -83,8 +83,9 @@ def build_first_stage_from(settings: dict, load_weights: bool = True):
         weights = vdir / "models" / "model.pt"
         if not weights.is_file():
             raise ConfigError(f"{vdir}: the KL-VAE has no trained weights (models/model.pt); run `qdm-med train {vdir}` first")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        fs.load_state_dict(state)
+        fs.load_state_dict(read_weights(weights))  # fp16 or fp32 storage
+        if "scale_factor" in fs_cfg:  # the QDM bundle's latent scale wins over the one stored with the VAE
+            fs.scale_factor.fill_(float(fs_cfg["scale_factor"]))
         if not bool(fs.trained):
             raise ConfigError(f"{vdir}: the KL-VAE weights are untrained; run `qdm-med train {vdir}` first")
     return fs

@@ -25,12 +25,32 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (int(seed) * 7_919 + int(epoch) * 104_729 + int(index) * 31) % (2**31 - 1)
 
 
-class PairedDataset(Dataset):
-    """Adds ``"lr"`` (C, H/s, W/s) in [-1, 1] to the ``"hr"`` samples of ``base`` with a seeded preset."""
+def _preset_mix(preset) -> tuple[list, np.ndarray]:
+    """``preset`` (a name, a parameter dict, or ``{"mix": {name: weight, ...}}``) -> (presets, probabilities)."""
+    if isinstance(preset, dict) and "mix" in preset:
+        mix = preset["mix"]
+        if not isinstance(mix, dict) or not mix:
+            raise ConfigError(f"data.preset.mix {mix!r}: expected a mapping of preset name -> weight")
+        names, weights = list(mix), np.asarray([float(v) for v in mix.values()])
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+            raise ConfigError(f"data.preset.mix {mix!r}: weights must be >= 0 and not all 0")
+        return names, weights / weights.sum()
+    return [preset], np.ones(1)
 
-    def __init__(self, base, preset: str, scale: int, seed: int = 0) -> None:
+
+class PairedDataset(Dataset):
+    """Adds ``"lr"`` (C, H/s, W/s) in [-1, 1] to the ``"hr"`` samples of ``base`` with a seeded preset.
+
+    ``preset`` may be ``{"mix": {"medical": 0.6, "bicubic": 0.4}}``: each sample draws its preset with
+    these probabilities (from the same per-sample seed, so batches stay reproducible). A mix that includes
+    clean ``bicubic`` downsampling keeps the model from mistaking a clean input for a degraded one.
+    """
+
+    def __init__(self, base, preset, scale: int, seed: int = 0) -> None:
         self.base, self.scale, self.seed = base, int(scale), int(seed)
-        self.pipeline = DegradationPipeline(preset, self.scale)
+        presets, self.probs = _preset_mix(preset)
+        self.pipelines = [DegradationPipeline(p, self.scale) for p in presets]
+        self.pipeline = self.pipelines[0]
 
     def __len__(self) -> int:
         return len(self.base)
@@ -39,8 +59,12 @@ class PairedDataset(Dataset):
         if hasattr(self.base, "set_epoch"):
             self.base.set_epoch(epoch)
         sample = dict(self.base[index])
-        self.pipeline.set_random_state(seed=sample_seed(self.seed, epoch, index))
-        sample["lr"] = self.pipeline((sample["hr"] + 1) / 2) * 2 - 1
+        seed = sample_seed(self.seed, epoch, index)
+        pipeline = self.pipelines[0]
+        if len(self.pipelines) > 1:
+            pipeline = self.pipelines[int(np.random.RandomState(seed).choice(len(self.pipelines), p=self.probs))]
+        pipeline.set_random_state(seed=seed)
+        sample["lr"] = pipeline((sample["hr"] + 1) / 2) * 2 - 1
         return sample
 
     def __getitem__(self, index: int) -> dict:

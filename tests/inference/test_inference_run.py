@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -265,10 +266,23 @@ def test_mask_picture(tmp_path, ct_file):
 def test_default_bundle_found_in_env_then_working_folder(tmp_path, monkeypatch):
     from qdm_med.inference.run import default_bundle_dir
 
+    from qdm_med.training.api import locate_bundle
+
     for root in ("env", "cwd/bundles"):
         (tmp_path / root / "qdm_ct_x8" / "configs").mkdir(parents=True)
+        (tmp_path / root / "qdm_ct_x8" / "configs" / "train.json").write_text("{}")
+    (tmp_path / "env" / "qdm_ct_x4" / "configs").mkdir(parents=True)  # no train.json: not a bundle
     monkeypatch.chdir(tmp_path / "cwd")
     monkeypatch.delenv("QDM_MED_BUNDLES", raising=False)
     assert default_bundle_dir("volume", 8).resolve() == (tmp_path / "cwd" / "bundles" / "qdm_ct_x8").resolve()
     monkeypatch.setenv("QDM_MED_BUNDLES", str(tmp_path / "env"))
     assert default_bundle_dir("volume", 8) == tmp_path / "env" / "qdm_ct_x8"
+    # training's bundle_root resolves the same way (one search order for both)
+    assert Path(locate_bundle("qdm_ct_x8")) == (tmp_path / "env" / "qdm_ct_x8").resolve()
+    monkeypatch.chdir(tmp_path / "cwd" / "bundles" / "qdm_ct_x8")  # inside a bundle folder: that bundle
+    assert Path(locate_bundle("qdm_ct_x8")) == (tmp_path / "cwd" / "bundles" / "qdm_ct_x8").resolve()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="qdm_ct_x16"):
+        locate_bundle("qdm_ct_x16")
+    with pytest.raises(ConfigError, match="no shipped bundle qdm_ct_x16"):
+        default_bundle_dir("volume", 16)

@@ -80,6 +80,19 @@ def test_qdm_on_untrained_vae_is_refused(tmp_path, ct_folder):
     train_bundle(vae, data=ct_folder, max_steps=2, output=vae, quiet=True, device="cpu")
     train_bundle(qdm, data=ct_folder, max_steps=2, output=tmp_path / "r3", quiet=True, device="cpu")
     assert (tmp_path / "r3" / "models" / "model.pt").is_file()
+    # the VAE stored in half precision loads the same, and the QDM bundle's latent scale overrides the VAE's
+    from qdm_med.training.config import build_first_stage_from, bundle_settings
+
+    state = torch.load(vae / "models" / "model.pt", weights_only=True)
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, vae / "models" / "model.pt")
+    settings = bundle_settings(qdm)
+    settings["first_stage"]["scale_factor"] = 0.25
+    fs = build_first_stage_from(settings)
+    assert float(fs.scale_factor) == 0.25 and bool(fs.trained)
+    got = fs.state_dict()
+    for k, v in state.items():
+        if v.is_floating_point() and k != "scale_factor":
+            torch.testing.assert_close(got[k], v.half().float())
 
 
 def test_cli_train_errors(tmp_path):
