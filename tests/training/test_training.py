@@ -214,3 +214,25 @@ def test_qdm_lpips_finetune_from_trained_model(tmp_path, ct_folder):
     bad = tiny_bundle(tmp_path / "bad", "qdm_ct_x8", {"train": {"init_from": str(tmp_path / "nope.pt")}})
     with pytest.raises(ConfigError, match="init_from"):
         QDMStage(bundle_settings(bad, "train"))
+
+
+def test_degradation_mix_draws_each_preset_reproducibly():
+    from qdm_med.training.data import PairedDataset
+    from qdm_med.transforms import bicubic_downsample
+
+    g = torch.Generator().manual_seed(0)
+    base = [{"hr": torch.rand(1, 32, 32, generator=g) * 2 - 1} for _ in range(40)]
+    ds = PairedDataset(base, {"mix": {"medical": 0.5, "bicubic": 0.5}}, 4, seed=3)
+    clean = 0
+    for i in range(len(base)):
+        lr = ds.get(i, epoch=1)["lr"]
+        torch.testing.assert_close(lr, ds.get(i, epoch=1)["lr"], rtol=0, atol=0)  # same (seed, epoch, index) -> same pair
+        ref = bicubic_downsample((base[i]["hr"][None] + 1) / 2, 4)[0].clamp(0, 1) * 2 - 1
+        clean += bool(torch.allclose(lr, ref, atol=1e-6))
+    assert 10 <= clean <= 30  # both presets drawn, about half each
+    only = PairedDataset(base, {"mix": {"medical": 0.0, "bicubic": 1.0}}, 4)
+    assert all(torch.allclose(only.get(i, 0)["lr"], bicubic_downsample((base[i]["hr"][None] + 1) / 2, 4)[0].clamp(0, 1) * 2 - 1, atol=1e-6)
+               for i in range(5))
+    for bad, msg in (({"mix": {}}, "mapping"), ({"mix": {"medical": -1.0}}, ">= 0"), ({"mix": {"blurry": 1.0}}, "blurry")):
+        with pytest.raises(ConfigError, match=msg):
+            PairedDataset(base, bad, 4)
