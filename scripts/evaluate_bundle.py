@@ -27,6 +27,13 @@ SETTINGS = {
 }
 
 
+def setting(name: str) -> dict:
+    """A named setting, or ``s=<threshold>`` (bundle sampler at that quadtree threshold)."""
+    if name.startswith("s="):
+        return {"threshold": float(name[2:])}
+    return SETTINGS[name]
+
+
 def main() -> None:
     from qdm_med.inference.run import evaluate
 
@@ -54,7 +61,7 @@ def main() -> None:
             for name in args.settings.split(","):
                 t0 = time.perf_counter()
                 rep = evaluate(hr, scale, preset=preset, bundle=str(bundle), seed=args.seed, slices=slices, quiet=True,
-                               report=out / f"{Path(hr).name.split('.')[0]}_{preset}_{name}.json", overwrite=True, **SETTINGS[name])
+                               report=out / f"{Path(hr).name.split('.')[0]}_{preset}_{name}.json", overwrite=True, **setting(name))
                 raw[f"{hr}|{preset}|{name}"] = rep
                 m, b = rep["metrics"]["model"]["overall"], rep["metrics"]["bicubic"]["overall"]
                 pick = lambda d, k: d.get(f"{k}_window", d.get(k))  # noqa: E731  CT: window; images: [0, 1]

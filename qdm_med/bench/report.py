@@ -81,7 +81,7 @@ def markdown_report(results: dict) -> str:
             ("setting", "setting", 0), ("density", "token density", 3), ("active_windows", "active windows", 3),
             ("gmacs_per_slice", "GMACs/slice", 2), ("mac_reduction", "MACs full/sparse", 2), ("seconds_per_slice", "s/slice", 3),
             ("dense_seconds_per_slice", "dense s/slice", 3), ("speedup_vs_dense", "dense/sparse time", 2), ("peak_mb", "peak MB", 1),
-            ("psnr", "PSNR", 2), ("psnr_minus_full", "dPSNR vs full", 2), ("ssim", "SSIM", 4)]),
+            ("psnr", "PSNR", 2), ("psnr_minus_full", "dPSNR vs full", 2), ("ssim", "SSIM", 4), ("lpips", "LPIPS", 4)]),
         ("sampler_sweep", "2. Samplers (default threshold)", [
             ("setting", "sampler", 0), ("psnr", "PSNR", 2), ("ssim", "SSIM", 4), ("lpips", "LPIPS", 4), ("seconds_per_slice", "s/slice", 3)]),
         ("slice_scaling", "3a. Scaling with slice size (one slice)", [

@@ -5,7 +5,7 @@ and returns a list of rows (dicts of plain numbers), one per setting:
 
 1. :func:`threshold_sweep` - the quadtree threshold s: mask density, active windows, MACs, time per
    slice and peak memory of the sparse path, the dense path's time on the same input (same run), and
-   PSNR/SSIM in the bundle window.
+   PSNR/SSIM in the bundle window and LPIPS.
 2. :func:`sampler_sweep` - uniform 15/7/4, TDS and TSS 7/4 (and the bundle's default) at the default
    threshold: PSNR/SSIM/LPIPS and time.
 3. :func:`slice_scaling` / :func:`volume_scaling` - output slices of 256/512/1024 pixels and LR volumes
@@ -182,7 +182,7 @@ def threshold_sweep(ctx: BenchContext, thresholds: Sequence[float] = THRESHOLDS)
         ctx.configure(threshold=0.0, sparse=False)
         full_sr = _run_pipeline(ctx, lr)
         full = {"setting": "full mask (dense)", "threshold": None, "path": "dense", **_timed(ctx, lambda: _run_pipeline(ctx, lr), n)}
-        full.update(density=1.0, active_windows=1.0, gmacs_per_slice=None, **_scores(ctx, full_sr))
+        full.update(density=1.0, active_windows=1.0, gmacs_per_slice=None, **_scores(ctx, full_sr, True))
         ctx.configure(threshold=0.0, sparse=True)
         _run_pipeline(ctx, lr)
         full["gmacs_per_slice"] = ctx.pipeline.last_info["macs"] / n / 1e9  # every window runs: the dense path's work
@@ -194,7 +194,7 @@ def threshold_sweep(ctx: BenchContext, thresholds: Sequence[float] = THRESHOLDS)
             row = {"setting": f"s = {s:g}", "threshold": float(s), "path": "sparse", **_timed(ctx, lambda: _run_pipeline(ctx, lr), n)}
             row.update(
                 density=info["mask_density"], active_windows=info["active_windows"] / max(1, info["total_windows"]),
-                gmacs_per_slice=info["macs"] / n / 1e9, **_scores(ctx, sr),
+                gmacs_per_slice=info["macs"] / n / 1e9, **_scores(ctx, sr, True),
             )
             ctx.configure(threshold=float(s), sparse=False)
             dense = _timed(ctx, lambda: _run_pipeline(ctx, lr), n)
