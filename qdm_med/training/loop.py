@@ -86,6 +86,8 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if hasattr(stage, "set_world"):
+            stage.set_world(world)
     batch, warmup = int(t_cfg["batch_size"]), int(t_cfg.get("warmup", 0))
     base_lr, clip = float(t_cfg["lr"]), float(t_cfg.get("grad_clip") or 0)
     every_ck, every_val, every_log = int(t_cfg["checkpoint_every"]), int(t_cfg["validate_every"]), int(t_cfg.get("log_every", 10))

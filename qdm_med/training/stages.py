@@ -80,7 +80,28 @@ class VAEStage:
             self.d_opt = torch.optim.AdamW(self.discriminator.parameters(), lr=float(t["lr"]), betas=(0.5, 0.9))
             self.adv_loss = PatchAdversarialLoss(criterion="least_squares")
         self.step = 0
+        self.world = 1
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def set_world(self, world: int) -> None:
+        """Data-parallel training: the discriminator starts from rank 0's weights and its gradients are
+        averaged over ranks on every update (the autoencoder itself is wrapped in DDP by the loop)."""
+        self.world = int(world)
+        if self.world > 1 and self.discriminator is not None:
+            import torch.distributed as dist
+
+            for t in [*self.discriminator.parameters(), *self.discriminator.buffers()]:
+                dist.broadcast(t.data, src=0)
+
+    def _sync_discriminator(self) -> None:
+        import torch.distributed as dist
+
+        for p in self.discriminator.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad /= self.world
+        for b in self.discriminator.buffers():  # batch-norm statistics: rank 0's, as DDP does for modules
+            dist.broadcast(b.data, src=0)
 
     def to(self, device) -> "VAEStage":
         for m in (self.lpips, self.discriminator):
@@ -119,6 +140,8 @@ class VAEStage:
         d_loss = 0.5 * (real + fake)
         self.d_opt.zero_grad(set_to_none=True)
         d_loss.backward()
+        if self.world > 1:
+            self._sync_discriminator()
         self.d_opt.step()
         return {"adv_d": float(d_loss.detach())}
 

@@ -112,7 +112,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world: int, port: int, bundle: str, data: str, out: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, bundle: str, data: str, out: str, name: str = "replica") -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     import torch.distributed as dist
 
@@ -128,12 +128,14 @@ def _ddp_worker(rank: int, world: int, port: int, bundle: str, data: str, out: s
     def fit_and_capture(stage, *a, **k):
         res = original(stage, *a, **k)
         captured["state"] = {n: p.detach().clone() for n, p in stage.model.state_dict().items()}
+        if getattr(stage, "discriminator", None) is not None:
+            captured["state"].update({f"disc.{n}": p.detach().clone() for n, p in stage.discriminator.state_dict().items()})
         return res
 
     loop.fit = fit_and_capture
     try:
         train_bundle(bundle, data=data, max_steps=3, output=out, quiet=True, device="cpu", rank=rank, world=world)
-        torch.save(captured["state"], Path(out).parent / f"replica{rank}.pt")
+        torch.save(captured["state"], Path(out).parent / f"{name}{rank}.pt")
     finally:
         loop.fit = original
         dist.destroy_process_group()
@@ -153,6 +155,20 @@ def test_ddp_two_processes_keep_identical_replicas(tmp_path, ct_folder):
     assert (out / "models" / "model.pt").is_file()  # rank 0 wrote
     init = tiny_bundle(tmp_path / "fresh", "qdm_ct_x8")  # weights moved away from initialisation
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 3 and init.exists()
+
+
+@pytest.mark.slow
+def test_ddp_keeps_one_discriminator_for_the_adversarial_vae(tmp_path, ct_folder):
+    import torch.multiprocessing as mp
+
+    bundle = tiny_bundle(tmp_path, "vae_ct", {"train": {"adversarial_weight": 0.1, "adversarial_start": 0}})
+    out = tmp_path / "ddp" / "run"
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(bundle), str(ct_folder), str(out), "vae"), nprocs=2, join=True)
+    a, b = torch.load(tmp_path / "ddp" / "vae0.pt", weights_only=True), torch.load(tmp_path / "ddp" / "vae1.pt", weights_only=True)
+    disc = [k for k in a if k.startswith("disc.")]
+    assert disc and a.keys() == b.keys()
+    for k in a:  # the autoencoder (DDP) and the discriminator (averaged gradients) agree on both ranks
+        assert torch.equal(a[k], b[k]), k
 
 
 def test_initialisation_is_seeded(tmp_path, ct_folder):
