@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from qdm_med.errors import ConfigError
 from qdm_med.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from qdm_med.training.ema import EMA
 
@@ -37,6 +38,21 @@ def batch_indices(step: int, batch: int, n: int, seed: int, rank: int = 0, world
             perms[e] = torch.randperm(n, generator=torch.Generator().manual_seed(seed + e)).tolist()
         out.append((e, perms[e][g % n]))
     return out
+
+
+def learning_rate(step: int, base_lr: float, warmup: int = 0, schedule: str = "constant", total: int | None = None,
+                  final_fraction: float = 0.0) -> float:
+    """Learning rate of ``step`` (0-based): linear warm-up over ``warmup`` steps, then ``constant`` or a
+    ``cosine`` decay from ``base_lr`` at the end of warm-up to ``final_fraction * base_lr`` at ``total``."""
+    if warmup and step < warmup:
+        return base_lr * (step + 1) / warmup
+    if schedule == "constant" or not total:
+        return base_lr
+    if schedule != "cosine":
+        raise ValueError(f"lr_schedule {schedule!r}: use constant or cosine")
+    span = max(1, int(total) - int(warmup))
+    progress = min(1.0, max(0.0, (step - warmup) / span))
+    return base_lr * (final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def _collate(ds, picks, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,6 +105,9 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
         if hasattr(stage, "set_world"):
             stage.set_world(world)
     batch, warmup = int(t_cfg["batch_size"]), int(t_cfg.get("warmup", 0))
+    schedule, final_fraction = str(t_cfg.get("lr_schedule", "constant")), float(t_cfg.get("lr_final_fraction", 0.0))
+    if schedule not in ("constant", "cosine"):
+        raise ConfigError(f"train.lr_schedule {schedule!r}: use constant or cosine")
     base_lr, clip = float(t_cfg["lr"]), float(t_cfg.get("grad_clip") or 0)
     every_ck, every_val, every_log = int(t_cfg["checkpoint_every"]), int(t_cfg["validate_every"]), int(t_cfg.get("log_every", 10))
     log_path = output / "log.jsonl"
@@ -110,7 +129,7 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
         model.train()
         while step < max_steps:
             t0 = time.perf_counter()
-            lr_now = base_lr * min(1.0, (step + 1) / warmup) if warmup else base_lr
+            lr_now = learning_rate(step, base_lr, warmup, schedule, int(t_cfg["steps"]), final_fraction)
             for g in opt.param_groups:
                 g["lr"] = lr_now
             hr, lr = _collate(train_ds, batch_indices(step, batch, len(train_ds), seed, rank, world), device)

@@ -252,3 +252,21 @@ def test_degradation_mix_draws_each_preset_reproducibly():
     for bad, msg in (({"mix": {}}, "mapping"), ({"mix": {"medical": -1.0}}, ">= 0"), ({"mix": {"blurry": 1.0}}, "blurry")):
         with pytest.raises(ConfigError, match=msg):
             PairedDataset(base, bad, 4)
+
+
+def test_learning_rate_schedules():
+    from qdm_med.training.loop import learning_rate
+
+    assert [learning_rate(s, 1.0, warmup=4) for s in (0, 1, 3, 4, 100)] == [0.25, 0.5, 1.0, 1.0, 1.0]
+    cos = [learning_rate(s, 2.0, warmup=10, schedule="cosine", total=110) for s in (9, 10, 60, 110, 500)]
+    assert cos[0] == cos[1] == 2.0 and cos[2] == pytest.approx(1.0) and cos[3] == pytest.approx(0.0) and cos[4] == pytest.approx(0.0)
+    assert learning_rate(60, 2.0, 10, "cosine", 110, final_fraction=0.1) == pytest.approx(0.2 + 1.8 * 0.5)
+    assert learning_rate(110, 2.0, 10, "cosine", 110, final_fraction=0.1) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        learning_rate(50, 1.0, 0, "step", 100)
+
+
+def test_bad_lr_schedule_is_a_config_error(tmp_path, ct_folder):
+    bundle = tiny_bundle(tmp_path, "qdm_ct_x8", {"train": {"lr_schedule": "linear"}})
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        train_bundle(bundle, data=ct_folder, max_steps=1, output=tmp_path / "r", quiet=True, device="cpu")
