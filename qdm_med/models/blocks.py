@@ -85,8 +85,10 @@ class SelfAttention(nn.Module):
 class CrossAttention(nn.Module):
     """Queries from window tokens, keys/values from the upstream hidden states.
 
-    ``project_kv(context)`` runs once per sampling step for the whole batch; ``forward(x, kv)`` takes the
-    projected keys/values already indexed to each window's batch item.
+    ``project_kv(context)`` runs once per sampling step for the whole batch. ``forward(x, kv, bidx)`` takes
+    the per-image keys/values and the batch item of each window row: the queries of all windows of one
+    image attend to that image's keys/values in one call, so keys/values are never copied per window
+    (a copy per window would make memory grow with windows x upstream tokens, i.e. with pixels squared).
     """
 
     def __init__(self, dim: int, context_dim: int, heads: int) -> None:
@@ -105,10 +107,22 @@ class CrossAttention(nn.Module):
         d = self.q.out_features
         return self.kv(context).view(b, m, 2, self.heads, d // self.heads).permute(0, 2, 3, 1, 4)
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q = self.q(x).view(b, n, self.heads, d // self.heads).transpose(1, 2)
-        return self.proj(self.core(q, kv[:, 0], kv[:, 1]).transpose(1, 2).reshape(b, n, d))
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, bidx: torch.Tensor | None = None) -> torch.Tensor:
+        """x (n, N, D) window tokens, kv (B, 2, heads, M, d), bidx (n,) batch item of each row
+        (None: row i uses kv[i]) -> (n, N, D)."""
+        n, length, d = x.shape
+        h, dh = self.heads, d // self.heads
+        q = self.q(x).view(n, length, h, dh)
+        if bidx is None:
+            out = self.core(q.transpose(1, 2), kv[:, 0], kv[:, 1]).transpose(1, 2)
+        else:
+            out = q.new_empty(n, length, h, dh)
+            for b in torch.unique(bidx).tolist():
+                rows = torch.nonzero(bidx == b).flatten()
+                qb = q.index_select(0, rows).reshape(1, rows.numel() * length, h, dh).transpose(1, 2)
+                ob = self.core(qb, kv[b : b + 1, 0], kv[b : b + 1, 1])  # (1, h, rows*N, dh)
+                out[rows] = ob.transpose(1, 2).reshape(rows.numel(), length, h, dh)
+        return self.proj(out.reshape(n, length, d))
 
 
 class Mlp(nn.Module):
@@ -159,11 +173,13 @@ class WindowCrossBlock(nn.Module):
     def modulation(self, c: torch.Tensor) -> torch.Tensor:
         return self.ada(c)
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, mod: torch.Tensor, bidx: torch.Tensor | None = None) -> torch.Tensor:
+        """x (n, N, D); kv (B, 2, heads, M, d) with ``bidx`` (n,) the batch item of each row, or per row when
+        ``bidx`` is None; mod (n, 12D) or per-token (n, N, 12D)."""
         m = mod.chunk(12, dim=-1)
         x = x + _per_token(m[2]) * self.attn(modulate(self.norm1(x), m[0], m[1]))
         x = x + _per_token(m[5]) * self.mlp1(modulate(self.norm2(x), m[3], m[4]))
-        x = x + _per_token(m[8]) * self.cross(modulate(self.norm3(x), m[6], m[7]), kv)
+        x = x + _per_token(m[8]) * self.cross(modulate(self.norm3(x), m[6], m[7]), kv, bidx)
         return x + _per_token(m[11]) * self.mlp2(modulate(self.norm4(x), m[9], m[10]))
 
 

@@ -239,7 +239,7 @@ class DualStreamQDM(nn.Module):
             block_mods = [m[bidx] for m in mods[:-1]]
             final_mod = mods[-1][bidx]
         for blk, kv, mod in zip(self.down_blocks, kvs, block_mods):
-            tok = blk(tok, kv[bidx], mod)
+            tok = blk(tok, kv, mod, bidx)
         out = self.down_final(tok, mod=final_mod)  # (n, 64, 4*Cz)
         n, p, s = tok.shape[0], self.down_patch, self.window
         out = out.view(n, s, s, p, p, self.latent_channels).permute(0, 5, 1, 3, 2, 4).reshape(n, self.latent_channels, s * p, s * p)
