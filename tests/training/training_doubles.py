@@ -21,9 +21,10 @@ TINY = {
 
 
 def tiny_bundle(dest: Path, name: str, extra: dict | None = None) -> Path:
-    """A copy of ``bundles/<name>`` with tiny model/data settings (``extra`` merged per section)."""
+    """A copy of ``bundles/<name>`` with tiny model/data settings (``extra`` merged per section) and without
+    the shipped weights (they belong to the full-size network)."""
     out = dest / name
-    shutil.copytree(REPO / "bundles" / name, out)
+    shutil.copytree(REPO / "bundles" / name, out, ignore=shutil.ignore_patterns("model.pt"))
     cfg = json.loads((out / "configs" / "train.json").read_text())
     for key, value in {**TINY, **(extra or {})}.items():
         if cfg["stage"] == "vae" and key in ("model", "sampling"):
