@@ -33,9 +33,9 @@ def test_peak_memory_sees_a_known_allocation_and_resets_between_blocks():
         with PeakMemory() as mem:
             block(mb)
         sizes.setdefault(mb, []).append(mem.peak_bytes / 2**20)
-    assert 0.95 * 2 * 8 <= sizes[8][0] < 2 * 8 + 12
+    assert 0.95 * 2 * 8 <= sizes[8][0] < 2 * 8 + 32  # slack: the interpreter and allocator move a few MB too
     for got in sizes[64]:
-        assert 0.95 * 2 * 64 <= got < 2 * 64 + 12
+        assert 0.95 * 2 * 64 <= got < 2 * 64 + 32
 
 
 def test_time_call_runs_warmup_and_repeats_and_takes_the_median():
