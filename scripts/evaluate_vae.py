@@ -21,6 +21,7 @@ def main() -> None:
     from qdm_med.inference.scoring import SliceScorer
     from qdm_med.io import load_volume
     from qdm_med.training.config import bundle_settings
+    from qdm_med.transforms import HUWindow, InverseHUWindow
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path)
@@ -38,12 +39,12 @@ def main() -> None:
     with torch.inference_mode():
         for k in range(vol.shape[2]):
             ref = vol[:, :, k].T  # rows = Y, the orientation the models see
-            x = torch.from_numpy(((np.clip(ref, lo, hi) - lo) / (hi - lo) * 2 - 1).astype(np.float32))[None, None]
+            x = torch.from_numpy(HUWindow(lo, hi)(ref))[None, None]
             h, w = x.shape[-2:]
             f = vae.factor
             xp = torch.nn.functional.pad(x, (0, (-w) % f, 0, (-h) % f), mode="replicate")
             rec = vae.reconstruct(xp)[..., :h, :w].clamp(-1, 1)
-            pred = (rec[0, 0].numpy() + 1) / 2 * (hi - lo) + lo
+            pred = InverseHUWindow(lo, hi)(rec[0, 0].numpy())
             rows.append(scorer.score_ct_slice(pred, ref))
     out = {"slices": len(rows), "psnr_window": float(np.mean([r["psnr_window"] for r in rows])),
            "ssim_window": float(np.mean([r["ssim_window"] for r in rows])),

@@ -80,14 +80,15 @@ class BenchContext:
 
     def to_model(self, hu: np.ndarray) -> torch.Tensor:
         """(N, h, w) HU -> (N, 1, h, w) in [-1, 1] (the bundle window) on the device."""
-        lo, hi = self.bundle.window
-        x = (np.clip(hu, lo, hi) - lo) / (hi - lo) * 2.0 - 1.0
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None].to(self.device)
+        from qdm_med.transforms import HUWindow
+
+        return torch.from_numpy(np.ascontiguousarray(HUWindow(*self.bundle.window)(hu)))[:, None].to(self.device)
 
     def to_hu(self, x: torch.Tensor) -> np.ndarray:
         """(N, 1, H, W) in [-1, 1] -> (N, H, W) HU."""
-        lo, hi = self.bundle.window
-        return ((x[:, 0].float().cpu().numpy() + 1.0) / 2.0) * (hi - lo) + lo
+        from qdm_med.transforms import InverseHUWindow
+
+        return InverseHUWindow(*self.bundle.window)(x[:, 0].float().cpu().numpy())
 
     def configure(self, **kw) -> None:
         """Set sampler/steps/threshold (None: the bundle's default) and ``sparse``."""
@@ -166,8 +167,8 @@ def _bicubic_scores(ctx: BenchContext, with_lpips: bool = False) -> dict:
     return _scores(ctx, up, with_lpips)
 
 
-def _timed(ctx: BenchContext, fn: Callable[[], object], n_items: int) -> dict:
-    t = time_call(fn, ctx.device, repeats=ctx.repeats, warmup=1)
+def _timed(ctx: BenchContext, fn: Callable[[], object], n_items: int, warmup: int = 1) -> dict:
+    t = time_call(fn, ctx.device, repeats=ctx.repeats, warmup=warmup)
     return {"seconds_per_slice": t["seconds"] / n_items, "seconds_per_slice_min": t["seconds_min"] / n_items,
             "peak_mb": None if t["peak_bytes"] is None else t["peak_bytes"] / 2**20}
 
@@ -181,7 +182,7 @@ def threshold_sweep(ctx: BenchContext, thresholds: Sequence[float] = THRESHOLDS)
     try:
         ctx.configure(threshold=0.0, sparse=False)
         full_sr = _run_pipeline(ctx, lr)
-        full = {"setting": "full mask (dense)", "threshold": None, "path": "dense", **_timed(ctx, lambda: _run_pipeline(ctx, lr), n)}
+        full = {"setting": "full mask (dense)", "threshold": None, "path": "dense", **_timed(ctx, lambda: _run_pipeline(ctx, lr), n, warmup=0)}
         full.update(density=1.0, active_windows=1.0, gmacs_per_slice=None, **_scores(ctx, full_sr, True))
         ctx.configure(threshold=0.0, sparse=True)
         _run_pipeline(ctx, lr)
@@ -191,7 +192,8 @@ def threshold_sweep(ctx: BenchContext, thresholds: Sequence[float] = THRESHOLDS)
             ctx.configure(threshold=float(s), sparse=True)
             sr = _run_pipeline(ctx, lr)
             info = ctx.pipeline.last_info
-            row = {"setting": f"s = {s:g}", "threshold": float(s), "path": "sparse", **_timed(ctx, lambda: _run_pipeline(ctx, lr), n)}
+            # the scored call above is the warm-up
+            row = {"setting": f"s = {s:g}", "threshold": float(s), "path": "sparse", **_timed(ctx, lambda: _run_pipeline(ctx, lr), n, warmup=0)}
             row.update(
                 density=info["mask_density"], active_windows=info["active_windows"] / max(1, info["total_windows"]),
                 gmacs_per_slice=info["macs"] / n / 1e9, **_scores(ctx, sr, True),
@@ -246,6 +248,17 @@ def _loglog_slope(x: Sequence[float], y: Sequence[float | None]) -> float | None
     return float(np.polyfit(xs, ys, 1)[0])
 
 
+def _with_slopes(rows: list[dict]) -> list[dict]:
+    """Add ``seconds_exponent`` / ``peak_mb_exponent`` (log-log slope against ``pixels``) per path."""
+    for path in ("dense", "sparse"):
+        sub = [r for r in rows if r["path"] == path]
+        for key in ("seconds", "peak_mb"):
+            slope = _loglog_slope([r["pixels"] for r in sub], [r[key] for r in sub])
+            for r in sub:
+                r[f"{key}_exponent"] = slope
+    return rows
+
+
 def slice_scaling(ctx: BenchContext, sizes: Sequence[int] = (256, 512, 1024)) -> list[dict]:
     """One slice upscaled to ``size`` x ``size`` output, dense and sparse (default threshold)."""
     from qdm_med.transforms import bicubic_downsample
@@ -266,14 +279,7 @@ def slice_scaling(ctx: BenchContext, sizes: Sequence[int] = (256, 512, 1024)) ->
                 })
     finally:
         ctx.restore()
-    for path in ("dense", "sparse"):
-        sub = [r for r in rows if r["path"] == path]
-        px = [r["pixels"] for r in sub]
-        for key in ("seconds", "peak_mb"):
-            slope = _loglog_slope(px, [r[key] for r in sub])
-            for r in sub:
-                r[f"{key}_exponent"] = slope
-    return rows
+    return _with_slopes(rows)
 
 
 def _volume_of(ctx: BenchContext, n: int):
@@ -304,13 +310,7 @@ def volume_scaling(ctx: BenchContext, lengths: Sequence[int] = (8, 32, 128), bat
                 })
     finally:
         ctx.restore()
-    for path in ("dense", "sparse"):
-        sub = [r for r in rows if r["path"] == path]
-        for key in ("seconds", "peak_mb"):
-            slope = _loglog_slope([r["pixels"] for r in sub], [r[key] for r in sub])
-            for r in sub:
-                r[f"{key}_exponent"] = slope
-    return rows
+    return _with_slopes(rows)
 
 
 # -------------------------------------------------------------------------------------- 4. gather vs loop
@@ -334,8 +334,9 @@ def gather_vs_loop(ctx: BenchContext, thresholds: Sequence[float] | None = None)
             tok = qdm_masks(lr, float(s), ctx.scale, p.first_stage.factor).token
             batched, info = model.forward_sparse(x_in, t, cond, tok, chunk_size=p.chunk_size)
             loop = model.forward_window_loop(x_in, t, cond, tok)
-            tb = time_call(lambda: model.forward_sparse(x_in, t, cond, tok, chunk_size=p.chunk_size), ctx.device, repeats=ctx.repeats)
-            tl = time_call(lambda: model.forward_window_loop(x_in, t, cond, tok), ctx.device, repeats=ctx.repeats)
+            # the two calls above are the warm-up
+            tb = time_call(lambda: model.forward_sparse(x_in, t, cond, tok, chunk_size=p.chunk_size), ctx.device, repeats=ctx.repeats, warmup=0)
+            tl = time_call(lambda: model.forward_window_loop(x_in, t, cond, tok), ctx.device, repeats=ctx.repeats, warmup=0)
             rows.append({
                 "threshold": float(s), "batch": int(lr.shape[0]), "active_windows": info["active_windows"],
                 "total_windows": info["total_windows"], "batched_seconds": tb["seconds"], "loop_seconds": tl["seconds"],

@@ -50,7 +50,6 @@ class PairedDataset(Dataset):
         self.base, self.scale, self.seed = base, int(scale), int(seed)
         presets, self.probs = _preset_mix(preset)
         self.pipelines = [DegradationPipeline(p, self.scale) for p in presets]
-        self.pipeline = self.pipelines[0]
 
     def __len__(self) -> int:
         return len(self.base)
@@ -60,9 +59,8 @@ class PairedDataset(Dataset):
             self.base.set_epoch(epoch)
         sample = dict(self.base[index])
         seed = sample_seed(self.seed, epoch, index)
-        pipeline = self.pipelines[0]
-        if len(self.pipelines) > 1:
-            pipeline = self.pipelines[int(np.random.RandomState(seed).choice(len(self.pipelines), p=self.probs))]
+        pick = int(np.random.RandomState(seed).choice(len(self.pipelines), p=self.probs)) if len(self.pipelines) > 1 else 0
+        pipeline = self.pipelines[pick]
         pipeline.set_random_state(seed=seed)
         sample["lr"] = pipeline((sample["hr"] + 1) / 2) * 2 - 1
         return sample

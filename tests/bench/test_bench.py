@@ -4,7 +4,6 @@ synthetic results, and the suites on the shipped x8 bundle with real held-out CT
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from typer.testing import CliRunner
 from qdm_med.bench.measure import PeakMemory, machine_info, time_call
 from qdm_med.bench.report import check_targets, markdown_report, write_plots
 from qdm_med.cli import app
-from qdm_med.data import corpus as corpus_mod
 
 REPO = Path(__file__).resolve().parents[2]
 X8 = REPO / "bundles" / "qdm_ct_x8"
@@ -99,20 +97,11 @@ def test_cli_rejects_unknown_suite_and_existing_output(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- real data
-def _corpus_dir() -> Path:
-    d = corpus_mod.default_data_dir()
-    if not (d / "manifest.json").is_file():
-        if not os.environ.get("QDM_MED_REQUIRE_CORPUS"):
-            pytest.skip("corpus not fetched (run `qdm-med data fetch`; CI sets QDM_MED_REQUIRE_CORPUS=1)")
-        corpus_mod.fetch_corpus(d, quiet=True)
-    return d
-
-
 @pytest.fixture(scope="module")
-def ctx():
+def ctx(corpus_dir):
     from qdm_med.bench.suites import prepare_context
 
-    return prepare_context(X8, _corpus_dir(), "cpu", n_slices=2, repeats=3, seed=0)
+    return prepare_context(X8, corpus_dir, "cpu", n_slices=2, repeats=3, seed=0)
 
 
 @pytest.mark.slow
@@ -143,8 +132,8 @@ def test_gather_equals_loop_on_real_ct(ctx):
 
 @pytest.mark.slow
 @pytest.mark.corpus
-def test_bench_cli_quick_writes_tables_json_and_plots(tmp_path):
-    data = _corpus_dir()
+def test_bench_cli_quick_writes_tables_json_and_plots(tmp_path, corpus_dir):
+    data = corpus_dir
     out = tmp_path / "bench"
     r = CliRunner().invoke(app, ["bench", "--quick", "--suites", "end_to_end", "--bundle", str(X8), "--data", str(data),
                                  "--out", str(out), "-q"])
@@ -161,7 +150,7 @@ def test_bench_cli_quick_writes_tables_json_and_plots(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.corpus
-def test_bench_refuses_a_natural_image_bundle(tmp_path):
-    r = CliRunner().invoke(app, ["bench", "--bundle", str(REPO / "bundles" / "qdm_natural_x4"), "--data", str(_corpus_dir()),
+def test_bench_refuses_a_natural_image_bundle(tmp_path, corpus_dir):
+    r = CliRunner().invoke(app, ["bench", "--bundle", str(REPO / "bundles" / "qdm_natural_x4"), "--data", str(corpus_dir),
                                  "--out", str(tmp_path / "b"), "-q"])
     assert r.exit_code == 2 and "CT bundles" in r.output

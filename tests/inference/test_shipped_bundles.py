@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-
-from qdm_med.data import corpus as corpus_mod
 
 REPO = Path(__file__).resolve().parents[2]
 HELD_OUT = "pyradiomics_lung2"  # the patient every CT bundle keeps out of training (configs/train.json)
 
 
-def _held_out_volume() -> Path:
-    d = corpus_mod.default_data_dir()
-    if not (d / "manifest.json").is_file():
-        if not os.environ.get("QDM_MED_REQUIRE_CORPUS"):
-            pytest.skip("corpus not fetched (run `qdm-med data fetch`; CI sets QDM_MED_REQUIRE_CORPUS=1)")
-        corpus_mod.fetch_corpus(d, quiet=True)
-    path = d / "ct" / f"{HELD_OUT}.nii.gz"
+@pytest.fixture
+def held_out_volume(corpus_dir) -> Path:
+    path = corpus_dir / "ct" / f"{HELD_OUT}.nii.gz"
     assert path.is_file(), path
     return path
 
@@ -28,7 +21,7 @@ def _held_out_volume() -> Path:
 @pytest.mark.slow
 @pytest.mark.corpus
 @pytest.mark.parametrize("name", ["qdm_ct_x4", "qdm_ct_x8"])
-def test_shipped_ct_bundle_beats_bicubic_on_held_out_patient(tmp_path, name):
+def test_shipped_ct_bundle_beats_bicubic_on_held_out_patient(tmp_path, name, held_out_volume):
     from qdm_med.inference.bundle import load_bundle
     from qdm_med.inference.run import evaluate
 
@@ -36,7 +29,7 @@ def test_shipped_ct_bundle_beats_bicubic_on_held_out_patient(tmp_path, name):
     cfg = json.loads((bundle / "configs" / "train.json").read_text())
     assert HELD_OUT in (cfg["data"].get("holdout") or []), "the test patient must be held out of training"
     loaded = load_bundle(bundle)  # the shipped weights load strictly (weights_only=True)
-    rep = evaluate(_held_out_volume(), loaded.scale, preset="medical_test", bundle=str(bundle), slices=[15, 30, 45],
+    rep = evaluate(held_out_volume, loaded.scale, preset="medical_test", bundle=str(bundle), slices=[15, 30, 45],
                    report=tmp_path / "r.json", quiet=True, device="cpu")
     model, bic = rep["metrics"]["model"]["overall"], rep["metrics"]["bicubic"]["overall"]
     assert model["slices"] == 3
@@ -68,7 +61,7 @@ def test_shipped_natural_bundle_beats_bicubic_on_held_out_photos(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.corpus
-def test_shipped_vae_reconstructs_held_out_ct_above_40_db(tmp_path):
+def test_shipped_vae_reconstructs_held_out_ct_above_40_db(tmp_path, held_out_volume):
     """The KL-VAE bundle's weights (half precision) encode and decode held-out slices at >= 40 dB in its window,
     through the bundle's own reconstruction entry point (monai.bundle run inference.json)."""
     import nibabel as nib
@@ -80,7 +73,7 @@ def test_shipped_vae_reconstructs_held_out_ct_above_40_db(tmp_path):
     bundle = REPO / "bundles" / "vae_ct"
     cfg = json.loads((bundle / "configs" / "train.json").read_text())
     assert HELD_OUT in (cfg["data"].get("holdout") or [])
-    src = _held_out_volume()
+    src = held_out_volume
     img = nib.load(src)
     part = tmp_path / "part.nii.gz"
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, [15, 30, 45]].astype(np.int16), img.affine), part)
