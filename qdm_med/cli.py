@@ -41,6 +41,7 @@ class Preset(str, Enum):
     medical_test = "medical_test"
     natural = "natural"
     bicubic = "bicubic"
+    clean = "clean"
 
 
 class SamplerName(str, Enum):
@@ -153,7 +154,7 @@ def degrade(
     hr: Path = typer.Argument(..., help="High-resolution CT volume (NIfTI/NRRD/MHA/DICOM folder) or image."),
     output: Path = typer.Option(..., "-o", "--output", help="Low-resolution output (same kinds; DICOM: a folder)."),
     scale: int = typer.Option(4, "--scale", help="In-plane downscale factor: 2, 4 or 8."),
-    preset: Preset = typer.Option(Preset.medical_test, "--preset", help="Degradation: medical, medical_test, natural or bicubic."),
+    preset: Preset = typer.Option(Preset.medical_test, "--preset", help="Degradation: medical, medical_test, natural, bicubic, or clean (a random common resampler, no noise)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random degradation (slice k uses seed + k)."),
     series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID when a DICOM folder holds several."),
     force: bool = typer.Option(False, "--force", help="Accept non-CT modalities."),

@@ -2,8 +2,8 @@
 
 - :mod:`.intensity`: :class:`HUWindow` / :class:`InverseHUWindow` (HU <-> [-1, 1]) and dict versions.
 - :mod:`.kernels`: Gaussian, generalized, plateau and sinc blur kernels.
-- :mod:`.degradation`: randomizable blur, resize, noise, JPEG and final-resize transforms (+ dict versions).
-- :mod:`.presets`: ``natural``, ``medical``, ``medical_test`` and ``bicubic`` presets, :class:`DegradationPipeline`.
+- :mod:`.degradation`: randomizable blur, resize, noise, JPEG, final-resize and clean-downsample transforms (+ dict versions).
+- :mod:`.presets`: ``natural``, ``medical``, ``medical_test``, ``bicubic`` and ``clean`` presets, :class:`DegradationPipeline`.
 - :mod:`.pairs`: bicubic up/down-sampling and the HR -> (LR, HR) pair transform.
 """
 
@@ -12,6 +12,8 @@ from qdm_med.transforms.degradation import (
     FinalResized,
     RandBlur,
     RandBlurd,
+    RandCleanDownsample,
+    RandCleanDownsampled,
     RandJPEG,
     RandJPEGd,
     RandNoise,
@@ -26,6 +28,6 @@ from qdm_med.transforms.presets import PRESETS, DegradationPipeline, Degradation
 __all__ = [
     "DEFAULT_WINDOW", "HUWindow", "HUWindowd", "InverseHUWindow", "InverseHUWindowd", "window_from",
     "RandBlur", "RandBlurd", "RandResize", "RandResized", "RandNoise", "RandNoised", "RandJPEG", "RandJPEGd",
-    "FinalResize", "FinalResized", "PRESETS", "DegradationPipeline", "DegradationPipelined", "preset_params",
+    "FinalResize", "FinalResized", "RandCleanDownsample", "RandCleanDownsampled", "PRESETS", "DegradationPipeline", "DegradationPipelined", "preset_params",
     "bicubic_upsample", "bicubic_downsample", "MakeLRHRPaird", "lr_hr_pair_transform",
 ]

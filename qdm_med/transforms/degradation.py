@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
-from qdm_med.transforms.kernels import KERNEL_TYPES, random_mixed_kernel, sinc_kernel
+from qdm_med.transforms.kernels import KERNEL_TYPES, gaussian_kernel, random_mixed_kernel, sinc_kernel
 
 __all__ = [
     "RESIZE_MODES",
@@ -30,11 +30,13 @@ __all__ = [
     "RandNoise",
     "RandJPEG",
     "FinalResize",
+    "RandCleanDownsample",
     "RandBlurd",
     "RandResized",
     "RandNoised",
     "RandJPEGd",
     "FinalResized",
+    "RandCleanDownsampled",
 ]
 
 RESIZE_MODES = ("area", "bilinear", "bicubic")
@@ -259,6 +261,61 @@ class FinalResize(_RandImageTransform):
         return resize(img, (h // self.scale, w // self.scale), self.params["mode"])
 
 
+#: Clean downsamplers of :class:`RandCleanDownsample` and their default probabilities.
+CLEAN_MODES = ("bicubic_aa", "bilinear_aa", "area", "gaussian", "bicubic", "bilinear")
+CLEAN_PROBS = (0.25, 0.15, 0.2, 0.2, 0.1, 0.1)
+
+
+class RandCleanDownsample(_RandImageTransform):
+    """Noise-free downsampling by ``scale`` with a randomly drawn common resampler (all pixel-centre aligned).
+
+    Other people's "make it low-resolution" code is one of a handful of resamplers; a model that has seen
+    only one of them learns its exact kernel and loses most of its gain on the others. The modes:
+
+    - ``bicubic_aa`` / ``bilinear_aa``: antialiased bicubic / bilinear (PIL, MATLAB ``imresize``,
+      torchvision ``Resize``);
+    - ``area``: block mean (MONAI ``Resize``'s default for downsampling, ``skimage.transform.downscale_local_mean``);
+    - ``gaussian``: Gaussian pre-filter with sigma ``f * (scale - 1) / 2``, ``f ~ U(gaussian_range)``, then
+      bilinear sampling at the LR pixel centres (``skimage.transform.resize(anti_aliasing=True)``);
+    - ``bicubic`` / ``bilinear``: no pre-filter, aliased (OpenCV ``INTER_CUBIC/LINEAR``, ITK resampling).
+
+    Args:
+        scale: downscale factor; H and W of the input must be divisible by it.
+        modes / probs: the resamplers and their probabilities.
+        gaussian_range: range of the factor on the skimage default sigma.
+    """
+
+    def __init__(self, scale: int, modes: Sequence[str] = CLEAN_MODES, probs: Sequence[float] = CLEAN_PROBS,
+                 gaussian_range: Sequence[float] = (0.7, 1.3)) -> None:
+        super().__init__(1.0)
+        unknown = set(modes) - set(CLEAN_MODES)
+        if unknown or len(modes) != len(probs) or not modes:
+            raise ValueError(f"clean modes {list(modes)} / probs {list(probs)}: modes from {', '.join(CLEAN_MODES)}, one probability each")
+        self.scale, self.modes = int(scale), list(modes)
+        self.probs = np.asarray(probs, dtype=float) / float(np.sum(probs))
+        self.gaussian_range = tuple(gaussian_range)
+
+    def randomize(self, data=None) -> None:
+        super().randomize(None)
+        mode = str(self.R.choice(self.modes, p=self.probs))
+        self.params = {"mode": mode}
+        if mode == "gaussian":
+            self.params["sigma"] = float(self.R.uniform(*self.gaussian_range)) * (self.scale - 1) / 2
+
+    def apply(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        if h % self.scale or w % self.scale:
+            raise ValueError(f"image size {h}x{w} is not divisible by the scale {self.scale}")
+        size, mode = (h // self.scale, w // self.scale), self.params["mode"]
+        if mode == "gaussian":
+            sigma = self.params["sigma"]
+            img = _convolve(img, gaussian_kernel(2 * math.ceil(3 * sigma) + 1, sigma))
+            mode = "bilinear"
+        if mode.endswith("_aa"):
+            return F.interpolate(img[None], size=size, mode=mode[:-3], align_corners=False, antialias=True)[0]
+        return resize(img, size, mode)
+
+
 class _RandDictWrapper(RandomizableTransform, MapTransform):
     """Dictionary version of an image transform: one draw of the parameters, applied to every key."""
 
@@ -308,6 +365,12 @@ class RandJPEGd(_RandDictWrapper):
     """Dictionary version of :class:`RandJPEG`."""
 
     transform_class = RandJPEG
+
+
+class RandCleanDownsampled(_RandDictWrapper):
+    """Dictionary version of :class:`RandCleanDownsample`."""
+
+    transform_class = RandCleanDownsample
 
 
 class FinalResized(_RandDictWrapper):

@@ -11,7 +11,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, Transform
 
 from qdm_med.errors import ConfigError
-from qdm_med.transforms.degradation import FinalResize, RandBlur, RandJPEG, RandNoise, RandResize, as_image_tensor
+from qdm_med.transforms.degradation import FinalResize, RandBlur, RandCleanDownsample, RandJPEG, RandNoise, RandResize, as_image_tensor
 from qdm_med.transforms.kernels import KERNEL_TYPES
 
 __all__ = ["PRESETS", "preset_params", "DegradationPipeline", "DegradationPipelined"]
@@ -46,8 +46,11 @@ _MEDICAL = dict(
 # The fixed medical test sets: milder blur and Poisson noise, Gaussian noise half the time.
 _MEDICAL_TEST = dict(_MEDICAL, sigma_range=(0.2, 0.8), poisson_scale_range=(0.05, 0.3), gaussian_noise_prob=0.5)
 
-#: Preset name -> parameters; ``bicubic`` is clean antialiased bicubic downsampling (no randomness).
-PRESETS: dict[str, dict | None] = {"natural": _NATURAL, "medical": _MEDICAL, "medical_test": _MEDICAL_TEST, "bicubic": None}
+#: Preset name -> parameters. The two without parameters are noise-free: ``bicubic`` is antialiased bicubic
+#: downsampling (no randomness), ``clean`` draws one common resampler per image (:class:`RandCleanDownsample`).
+PRESETS: dict[str, dict | None] = {
+    "natural": _NATURAL, "medical": _MEDICAL, "medical_test": _MEDICAL_TEST, "bicubic": None, "clean": None,
+}
 
 
 def preset_params(preset: str | Mapping) -> dict | None:
@@ -68,11 +71,12 @@ class DegradationPipeline(Randomizable, Transform):
 
     Real-ESRGAN's first stage: blur (mixed kernel or sinc) -> random resize -> Gaussian or Poisson noise
     -> JPEG -> resize to H/scale with a random mode. Preset ``bicubic`` is clean antialiased bicubic
-    downsampling. All sub-transforms draw from this pipeline's RandomState, so
+    downsampling; ``clean`` is noise-free downsampling with a random common resampler
+    (:class:`~qdm_med.transforms.degradation.RandCleanDownsample`). All sub-transforms draw from this pipeline's RandomState, so
     ``set_random_state(seed)`` fixes the whole chain.
 
     Args:
-        preset: ``natural``, ``medical``, ``medical_test``, ``bicubic`` or a dict of parameters.
+        preset: ``natural``, ``medical``, ``medical_test``, ``bicubic``, ``clean`` or a dict of parameters.
         scale: downscale factor (H and W must be divisible by it).
     """
 
@@ -91,6 +95,8 @@ class DegradationPipeline(Randomizable, Transform):
                 RandNoise(p["gaussian_noise_prob"], p["noise_range"], p["poisson_scale_range"], p["gray_noise_prob"]),
                 RandJPEG(p["jpeg_range"]),
             ]
+        elif self.preset == "clean":
+            self.stages = [RandCleanDownsample(self.scale)]
         self.final = FinalResize(self.scale)
         self.set_random_state(seed=0)
         self.last_params: list[dict] = []
@@ -110,6 +116,12 @@ class DegradationPipeline(Randomizable, Transform):
         h, w = x.shape[-2:]
         if h % self.scale or w % self.scale:
             raise ConfigError(f"image size {h}x{w} is not divisible by the scale {self.scale}")
+        if self.preset == "clean":
+            if randomize:
+                self.stages[0].randomize()
+            x = self.stages[0](x, randomize=False).clamp(0, 1).contiguous()
+            self.last_params = [dict(self.stages[0].params)]
+            return x
         if self.params is None:
             from qdm_med.transforms.pairs import bicubic_downsample
 

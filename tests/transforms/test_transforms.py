@@ -19,6 +19,8 @@ from qdm_med.transforms import (
     MakeLRHRPaird,
     RandBlur,
     RandBlurd,
+    RandCleanDownsample,
+    RandCleanDownsampled,
     RandJPEG,
     RandNoise,
     RandResize,
@@ -104,6 +106,7 @@ def test_kernel_size_must_be_odd():
     lambda: RandJPEG((30, 95)),
     lambda: DegradationPipeline("medical", 4),
     lambda: DegradationPipeline("natural", 4),
+    lambda: DegradationPipeline("clean", 4),
 ])
 def test_random_transforms_reproducible(make):
     x = torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -134,6 +137,56 @@ def test_pipeline_shapes_and_range(preset, scale, shape):
 def test_bicubic_preset_is_antialiased_bicubic():
     x = torch.rand(1, 32, 24)
     np.testing.assert_allclose(DegradationPipeline("bicubic", 4)(x), bicubic_downsample(x[None], 4)[0].clamp(0, 1))
+
+
+def _clean(mode: str, scale: int, **kw) -> RandCleanDownsample:
+    t = RandCleanDownsample(scale, modes=(mode,), probs=(1.0,), **kw)
+    t.set_random_state(0)
+    return t
+
+
+def test_clean_area_is_the_block_mean():
+    x = torch.rand(1, 32, 24, generator=torch.Generator().manual_seed(1))
+    expected = x.reshape(1, 8, 4, 6, 4).mean(dim=(2, 4))
+    np.testing.assert_allclose(_clean("area", 4)(x), expected, atol=1e-6)
+
+
+def test_clean_bicubic_aa_is_the_bicubic_preset():
+    x = torch.rand(1, 32, 24)
+    np.testing.assert_allclose(_clean("bicubic_aa", 4)(x), bicubic_downsample(x[None], 4)[0], atol=1e-6)
+
+
+def test_clean_gaussian_matches_skimage_resize_with_antialiasing():
+    from skimage.transform import resize
+
+    # skimage's default pre-filter sigma is (scale - 1) / 2 (factor 1), then linear sampling at the centres
+    x = np.random.default_rng(0).random((64, 48)).astype(np.float32)
+    ours = _clean("gaussian", 4, gaussian_range=(1.0, 1.0))(torch.from_numpy(x)[None])[0].numpy()
+    ref = resize(x, (16, 12), order=1, anti_aliasing=True, mode="reflect")
+    inner = (slice(2, -2), slice(2, -2))  # border handling differs (reflect vs symmetric padding)
+    np.testing.assert_allclose(ours[inner], ref[inner], atol=2e-3)
+
+
+@pytest.mark.parametrize("mode", ["bicubic_aa", "bilinear_aa", "area", "gaussian", "bicubic", "bilinear"])
+def test_clean_modes_keep_constants_and_draw_all_modes(mode):
+    np.testing.assert_allclose(_clean(mode, 8)(torch.full((1, 64, 64), 0.4)), 0.4, atol=1e-5)
+
+
+def test_clean_preset_draws_every_resampler_and_dict_version_matches():
+    p = DegradationPipeline("clean", 4)
+    p.set_random_state(seed=0)
+    seen = set()
+    for _ in range(60):
+        p(torch.rand(1, 16, 16))
+        seen.add(p.last_params[0]["mode"])
+    assert seen == {"bicubic_aa", "bilinear_aa", "area", "gaussian", "bicubic", "bilinear"}
+    x = torch.rand(1, 32, 32)
+    a, d = RandCleanDownsample(4), RandCleanDownsampled("img", scale=4)
+    a.set_random_state(3)
+    d.set_random_state(3)
+    np.testing.assert_allclose(d({"img": x})["img"], a(x))
+    with pytest.raises(ValueError, match="modes from"):
+        RandCleanDownsample(4, modes=("lanczos",), probs=(1.0,))
 
 
 def test_pipeline_errors_are_one_line_config_errors():
