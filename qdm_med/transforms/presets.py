@@ -116,10 +116,8 @@ class DegradationPipeline(Randomizable, Transform):
         h, w = x.shape[-2:]
         if h % self.scale or w % self.scale:
             raise ConfigError(f"image size {h}x{w} is not divisible by the scale {self.scale}")
-        if self.preset == "clean":
-            if randomize:
-                self.stages[0].randomize()
-            x = self.stages[0](x, randomize=False).clamp(0, 1).contiguous()
+        if self.preset == "clean":  # one resampler does the whole job; no final resize
+            x = self.stages[0](x, randomize=randomize).clamp(0, 1).contiguous()
             self.last_params = [dict(self.stages[0].params)]
             return x
         if self.params is None:
