@@ -42,6 +42,10 @@ class Preset(str, Enum):
     natural = "natural"
     bicubic = "bicubic"
     clean = "clean"
+    skimage_resize = "skimage_resize"
+    skimage_local_mean = "skimage_local_mean"
+    scipy_zoom = "scipy_zoom"
+    skimage_resize_noise = "skimage_resize_noise"
 
 
 class SamplerName(str, Enum):

@@ -24,6 +24,7 @@ __all__ = [
     "DiTBlock",
     "WindowCrossBlock",
     "FinalLayer",
+    "ValidConvResBlock",
     "sincos_pos_embed_2d",
 ]
 
@@ -199,6 +200,24 @@ class FinalLayer(nn.Module):
         mod = self.modulation(c) if mod is None else mod
         shift, scale = mod.chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class ValidConvResBlock(nn.Module):
+    """Residual block of two unpadded 3x3 convolutions: (B, C, H, W) -> (B, C, H-4, W-4).
+
+    Unpadded ("valid") so that a window computed with a halo equals the same pixels of the whole image;
+    the skip is the centre crop. The second convolution starts at zero: a new block is the identity.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3)
+        self.conv2 = nn.Conv2d(channels, channels, 3)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., 2:-2, 2:-2] + self.conv2(F.gelu(self.conv1(x)))
 
 
 def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, offset: tuple[int, int] = (0, 0)) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from qdm_med.models.blocks import DiTBlock, FinalLayer, TimestepEmbedder, WindowCrossBlock, sincos_pos_embed_2d
+from qdm_med.models.blocks import DiTBlock, FinalLayer, TimestepEmbedder, ValidConvResBlock, WindowCrossBlock, sincos_pos_embed_2d
 
 __all__ = ["QDM_CONFIGS", "DualStreamQDM", "build_qdm"]
 
@@ -56,7 +56,14 @@ class DualStreamQDM(nn.Module):
             Three 3x3 convolutions on each window's input (plus a halo of 3 latent pixels and the timestep as a
             channel) add pixel-level detail that a linear 2x2-patch embedding learns slowly; the branch runs
             only where the downstream runs, so homogeneous windows still cost nothing.
+        detail_blocks: residual blocks (two 3x3 convolutions each) inserted after the branch's first
+            convolution, for the local context a plain SR CNN has (the halo grows by 2 per block). New blocks
+            start as the identity, so a trained model given more blocks keeps its output
+            (:attr:`ADDED_BY_DETAIL_BLOCKS` names their parameters).
     """
+
+    #: parameter-name prefix of the detail branch's residual blocks (absent from models without them)
+    ADDED_BY_DETAIL_BLOCKS = "detail_res."
 
     def __init__(
         self,
@@ -75,6 +82,7 @@ class DualStreamQDM(nn.Module):
         lr_interp: str = "bicubic",
         cond: str = "lr",
         detail_channels: int = 0,
+        detail_blocks: int = 0,
     ) -> None:
         super().__init__()
         if cond not in ("lr", "latent"):
@@ -103,11 +111,16 @@ class DualStreamQDM(nn.Module):
             [WindowCrossBlock(self.down_hidden, self.hidden, self.down_heads, mlp_ratio) for _ in range(self.down_depth)]
         )
         self.down_final = FinalLayer(self.down_hidden, self.down_patch, self.latent_channels)
-        self.detail_channels, self.detail_halo = int(detail_channels), 3
+        self.detail_channels, self.detail_blocks = int(detail_channels), int(detail_blocks)
+        if self.detail_blocks and not self.detail_channels:
+            raise ValueError("detail_blocks needs detail_channels > 0")
+        self.detail_halo = 3 + 2 * self.detail_blocks  # one pixel per valid 3x3 convolution
         self.detail = None
         if self.detail_channels > 0:
             fc = self.detail_channels
             self.detail = nn.Sequential(nn.Conv2d(cin + 1, fc, 3), nn.GELU(), nn.Conv2d(fc, fc, 3), nn.GELU(), nn.Conv2d(fc, self.latent_channels, 3))
+            if self.detail_blocks:  # a separate list keeps the state-dict keys of models without blocks
+                self.detail_res = nn.Sequential(*[ValidConvResBlock(fc) for _ in range(self.detail_blocks)])
         self.initialize_weights()
 
     # ----------------------------------------------------------------------------------------- init
@@ -132,6 +145,10 @@ class DualStreamQDM(nn.Module):
         if self.detail is not None:  # the branch starts silent, like the adaLN-Zero blocks
             nn.init.zeros_(self.detail[-1].weight)
             nn.init.zeros_(self.detail[-1].bias)
+        if self.detail_blocks:  # xavier above touched only linears; keep the blocks' identity start explicit
+            for blk in self.detail_res:
+                nn.init.zeros_(blk.conv2.weight)
+                nn.init.zeros_(blk.conv2.bias)
 
     # ------------------------------------------------------------------------------------- helpers
     def conditioning(self, lr: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -208,14 +225,26 @@ class DualStreamQDM(nn.Module):
     #: the timestep enters the detail branch as an input channel t / 10 (t is an unnormalised step index)
     T_INPUT_SCALE = 0.1
 
-    def _halo_view(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """(B, Cin+1, nh, nw, 16+2r, 16+2r) view: each window's input and timestep channel with a replicate
-        halo of r (an unfold view of the padded input: windows are copied only when gathered)."""
+    def _detail_input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(B, Cin+1, Hp+2r, Wp+2r): the input and timestep channel with a replicate halo of r."""
         b, _, hp, wp = x.shape
         tm = t.view(b, 1, 1, 1).expand(b, 1, hp, wp) if t.ndim == 1 else t
         z = torch.cat([x, tm.to(x.dtype) * self.T_INPUT_SCALE], dim=1)
-        r, s = self.detail_halo, self.win_px
-        return F.pad(z, (r, r, r, r), mode="replicate").unfold(2, s + 2 * r, s).unfold(3, s + 2 * r, s)
+        r = self.detail_halo
+        return F.pad(z, (r, r, r, r), mode="replicate")
+
+    def _halo_view(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(B, Cin+1, nh, nw, 16+2r, 16+2r) view: each window's input with its halo (an unfold view of the
+        padded input: windows are copied only when gathered)."""
+        s, r = self.win_px, self.detail_halo
+        return self._detail_input(x, t).unfold(2, s + 2 * r, s).unfold(3, s + 2 * r, s)
+
+    def _detail(self, z: torch.Tensor) -> torch.Tensor:
+        """Detail branch on halo'd input (n, Cin+1, S+2r, S+2r) -> (n, Cz, S, S) (valid convolutions)."""
+        if not self.detail_blocks:
+            return self.detail(z)
+        h = self.detail[1](self.detail[0](z))
+        return self.detail[4](self.detail[3](self.detail[2](self.detail_res(h))))
 
     @staticmethod
     def _gather_halo(view: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -243,8 +272,8 @@ class DualStreamQDM(nn.Module):
         out = self.down_final(tok, mod=final_mod)  # (n, 64, 4*Cz)
         n, p, s = tok.shape[0], self.down_patch, self.window
         out = out.view(n, s, s, p, p, self.latent_channels).permute(0, 5, 1, 3, 2, 4).reshape(n, self.latent_channels, s * p, s * p)
-        if self.detail is not None:
-            out = out + self.detail(halo)  # valid 3x3 convolutions: (16 + 2r) -> 16
+        if halo is not None:
+            out = out + self._detail(halo)  # valid 3x3 convolutions: (16 + 2r) -> 16
         return out
 
     def _down_setup(self, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor, pos_offset=(0, 0)):
@@ -273,9 +302,10 @@ class DualStreamQDM(nn.Module):
         grid = self.down_embed(x)  # (B, Dd, Hp/2, Wp/2), full-image patch embedding
         tok = self._windows(grid, self.window).flatten(2).transpose(1, 2)  # (B*nWin, 64, Dd)
         ids = torch.arange(b * nwin, device=x.device)
-        halo = self._gather_halo(self._halo_view(x, t), ids) if self.detail is not None else None
-        down = self._run_windows(tok, ids // nwin, ids % nwin, kvs, mods, t_tok, pos_w, halo)
+        down = self._run_windows(tok, ids // nwin, ids % nwin, kvs, mods, t_tok, pos_w)
         down = self._unwindows(down, b, hp, wp)
+        if self.detail is not None:  # once over the whole padded image: the same pixels as every window + halo
+            down = down + self._detail(self._detail_input(x, t))
         skip = self._skip(x)
         down, up = down + skip, up + skip
         return down[..., :h, :w], up[..., :h, :w]
@@ -401,15 +431,17 @@ class DualStreamQDM(nn.Module):
         blk += tw * (dd * dd + 2 * nu * dd + dd * dd + 2 * dd * hid_d)  # cross-attention + MLP
         total += self.down_depth * a * blk
         total += a * tw * dd * self.down_patch**2 * cz  # final layer
-        if self.detail is not None:  # three valid 3x3 convolutions per active window
+        if self.detail is not None:  # valid 3x3 convolutions per active window: the side shrinks by 2 each
             fc, side = self.detail_channels, self.win_px + 2 * self.detail_halo
-            total += a * 9 * ((side - 2) ** 2 * (cin + 1) * fc + (side - 4) ** 2 * fc * fc + (side - 6) ** 2 * fc * cz)
+            convs = [(cin + 1, fc)] + [(fc, fc)] * (2 * self.detail_blocks + 1) + [(fc, cz)]
+            for i, (ci, co) in enumerate(convs, start=1):
+                total += a * 9 * (side - 2 * i) ** 2 * ci * co
         return int(total)
 
     def extra_repr(self) -> str:
         return (f"latent={self.latent_channels}, lr={self.lr_channels}, up={self.hidden}/{self.depth}/{self.heads}, "
                 f"down={self.down_hidden}/{self.down_depth}/{self.down_heads}, window={self.window}x{self.window} tokens, "
-                f"detail={self.detail_channels}")
+                f"detail={self.detail_channels}x{self.detail_blocks} blocks")
 
 
 def build_qdm(name: str, latent_channels: int, lr_channels: int, **overrides) -> DualStreamQDM:

@@ -51,6 +51,10 @@ class PairedDataset(Dataset):
         presets, self.probs = _preset_mix(preset)
         self.pipelines = [DegradationPipeline(p, self.scale) for p in presets]
 
+    def with_preset(self, preset) -> "PairedDataset":
+        """The same HR samples and seed with another degradation preset (a training phase's)."""
+        return PairedDataset(self.base, preset, self.scale, self.seed)
+
     def __len__(self) -> int:
         return len(self.base)
 

@@ -55,6 +55,50 @@ def learning_rate(step: int, base_lr: float, warmup: int = 0, schedule: str = "c
     return base_lr * (final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+PHASE_KEYS = ("until", "preset", "lr_schedule")
+
+
+def training_phases(t_cfg: dict, train_ds) -> list[tuple[int | None, object, str]]:
+    """``train.phases`` -> [(until, dataset, lr_schedule), ...]; one phase (the config's own) without it.
+
+    A phase runs for the steps below its ``until`` (the last one may omit it: to the end) with its own
+    degradation ``preset`` and ``lr_schedule`` (defaults: ``data.preset`` and ``train.lr_schedule``). The
+    cosine is always the one over ``train.steps``, so a phase that switches to it joins the curve where a
+    resumed run with a cosine config would. Batches depend only on the step, so one run through the phases
+    equals a run stopped at each boundary and resumed with the next phase's settings.
+    """
+    base_schedule = str(t_cfg.get("lr_schedule", "constant"))
+    phases = t_cfg.get("phases")
+    if not phases:
+        return [(None, train_ds, base_schedule)]
+    if not isinstance(phases, list) or not all(isinstance(p, dict) for p in phases):
+        raise ConfigError(f"train.phases {phases!r}: expected a list of {{until, preset, lr_schedule}} mappings")
+    out, last = [], 0
+    for i, p in enumerate(phases):
+        unknown = set(p) - set(PHASE_KEYS)
+        if unknown:
+            raise ConfigError(f"train.phases[{i}]: unknown keys {sorted(unknown)} (use {', '.join(PHASE_KEYS)})")
+        until = p.get("until")
+        if until is None and i != len(phases) - 1:
+            raise ConfigError(f"train.phases[{i}]: only the last phase may omit 'until'")
+        if until is not None and int(until) <= last:
+            raise ConfigError(f"train.phases[{i}]: 'until' {until} must be above the previous phase's end ({last})")
+        schedule = str(p.get("lr_schedule", base_schedule))
+        if schedule not in ("constant", "cosine"):
+            raise ConfigError(f"train.phases[{i}].lr_schedule {schedule!r}: use constant or cosine")
+        ds = train_ds.with_preset(p["preset"]) if "preset" in p else train_ds
+        out.append((None if until is None else int(until), ds, schedule))
+        last = int(until) if until is not None else last
+    return out
+
+
+def _phase_at(phases: list, step: int):
+    for until, ds, schedule in phases:
+        if until is None or step < until:
+            return ds, schedule
+    return phases[-1][1], phases[-1][2]  # past the last boundary: keep the last phase
+
+
 def _collate(ds, picks, device) -> tuple[torch.Tensor, torch.Tensor]:
     items = [ds.get(i, e) for e, i in picks]
     return torch.stack([it["hr"] for it in items]).to(device), torch.stack([it["lr"] for it in items]).to(device)
@@ -108,6 +152,7 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
     schedule, final_fraction = str(t_cfg.get("lr_schedule", "constant")), float(t_cfg.get("lr_final_fraction", 0.0))
     if schedule not in ("constant", "cosine"):
         raise ConfigError(f"train.lr_schedule {schedule!r}: use constant or cosine")
+    phases = training_phases(t_cfg, train_ds)
     base_lr, clip = float(t_cfg["lr"]), float(t_cfg.get("grad_clip") or 0)
     every_ck, every_val, every_log = int(t_cfg["checkpoint_every"]), int(t_cfg["validate_every"]), int(t_cfg.get("log_every", 10))
     log_path = output / "log.jsonl"
@@ -129,10 +174,11 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
         model.train()
         while step < max_steps:
             t0 = time.perf_counter()
-            lr_now = learning_rate(step, base_lr, warmup, schedule, int(t_cfg["steps"]), final_fraction)
+            phase_ds, phase_schedule = _phase_at(phases, step)
+            lr_now = learning_rate(step, base_lr, warmup, phase_schedule, int(t_cfg["steps"]), final_fraction)
             for g in opt.param_groups:
                 g["lr"] = lr_now
-            hr, lr = _collate(train_ds, batch_indices(step, batch, len(train_ds), seed, rank, world), device)
+            hr, lr = _collate(phase_ds, batch_indices(step, batch, len(phase_ds), seed, rank, world), device)
             loss, logs = stage.loss(net, hr, lr, gen)
             if not math.isfinite(float(loss.detach())):
                 raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower the learning rate")

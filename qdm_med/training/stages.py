@@ -206,9 +206,14 @@ class QDMStage:
 
         qdm = {k[len("qdm."):]: v for k, v in read_weights(path).items() if k.startswith("qdm.")}
         try:
-            self.model.load_state_dict(qdm, strict=True)
-        except RuntimeError as err:
+            missing, unexpected = self.model.load_state_dict(qdm, strict=False)
+        except RuntimeError as err:  # a shape mismatch
             raise ConfigError(f"{path}: does not fit this bundle's QDM ({' '.join(str(err).split())[:160]})") from None
+        # only detail blocks this config adds may be absent: they start as the identity, so the output is kept
+        missing = [k for k in missing if not k.startswith(self.model.ADDED_BY_DETAIL_BLOCKS)]
+        if missing or unexpected:
+            keys = ", ".join((missing + unexpected)[:4])
+            raise ConfigError(f"{path}: does not fit this bundle's QDM ({len(missing)} missing, {len(unexpected)} unexpected keys: {keys})")
 
     def to(self, device) -> "QDMStage":
         self.first_stage.to(device)

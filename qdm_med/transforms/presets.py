@@ -12,6 +12,7 @@ from monai.transforms import MapTransform, Randomizable, Transform
 
 from qdm_med.errors import ConfigError
 from qdm_med.transforms.degradation import FinalResize, RandBlur, RandCleanDownsample, RandJPEG, RandNoise, RandResize, as_image_tensor
+from qdm_med.transforms.external import EXTERNAL_KINDS, ExternalDownsample
 from qdm_med.transforms.kernels import KERNEL_TYPES
 
 __all__ = ["PRESETS", "preset_params", "DegradationPipeline", "DegradationPipelined"]
@@ -46,10 +47,12 @@ _MEDICAL = dict(
 # The fixed medical test sets: milder blur and Poisson noise, Gaussian noise half the time.
 _MEDICAL_TEST = dict(_MEDICAL, sigma_range=(0.2, 0.8), poisson_scale_range=(0.05, 0.3), gaussian_noise_prob=0.5)
 
-#: Preset name -> parameters. The two without parameters are noise-free: ``bicubic`` is antialiased bicubic
-#: downsampling (no randomness), ``clean`` draws one common resampler per image (:class:`RandCleanDownsample`).
+#: Preset name -> parameters. Those without parameters: ``bicubic`` is antialiased bicubic downsampling (no
+#: randomness), ``clean`` draws one common resampler per image (:class:`RandCleanDownsample`), and the
+#: external ones call another library's downsampler (:mod:`qdm_med.transforms.external`; evaluation only).
 PRESETS: dict[str, dict | None] = {
     "natural": _NATURAL, "medical": _MEDICAL, "medical_test": _MEDICAL_TEST, "bicubic": None, "clean": None,
+    **{kind: None for kind in EXTERNAL_KINDS},
 }
 
 
@@ -72,11 +75,13 @@ class DegradationPipeline(Randomizable, Transform):
     Real-ESRGAN's first stage: blur (mixed kernel or sinc) -> random resize -> Gaussian or Poisson noise
     -> JPEG -> resize to H/scale with a random mode. Preset ``bicubic`` is clean antialiased bicubic
     downsampling; ``clean`` is noise-free downsampling with a random common resampler
-    (:class:`~qdm_med.transforms.degradation.RandCleanDownsample`). All sub-transforms draw from this pipeline's RandomState, so
+    (:class:`~qdm_med.transforms.degradation.RandCleanDownsample`); ``skimage_resize``,
+    ``skimage_local_mean``, ``scipy_zoom`` and ``skimage_resize_noise`` are other libraries' downsamplers
+    (:class:`~qdm_med.transforms.external.ExternalDownsample`). All sub-transforms draw from this pipeline's RandomState, so
     ``set_random_state(seed)`` fixes the whole chain.
 
     Args:
-        preset: ``natural``, ``medical``, ``medical_test``, ``bicubic``, ``clean`` or a dict of parameters.
+        preset: a name of :data:`PRESETS` or a dict of parameters.
         scale: downscale factor (H and W must be divisible by it).
     """
 
@@ -97,6 +102,8 @@ class DegradationPipeline(Randomizable, Transform):
             ]
         elif self.preset == "clean":
             self.stages = [RandCleanDownsample(self.scale)]
+        elif self.preset in EXTERNAL_KINDS:
+            self.stages = [ExternalDownsample(self.preset, self.scale)]
         self.final = FinalResize(self.scale)
         self.set_random_state(seed=0)
         self.last_params: list[dict] = []
@@ -116,7 +123,7 @@ class DegradationPipeline(Randomizable, Transform):
         h, w = x.shape[-2:]
         if h % self.scale or w % self.scale:
             raise ConfigError(f"image size {h}x{w} is not divisible by the scale {self.scale}")
-        if self.preset == "clean":  # one resampler does the whole job; no final resize
+        if self.preset == "clean" or self.preset in EXTERNAL_KINDS:  # one resampler does the whole job
             x = self.stages[0](x, randomize=randomize).clamp(0, 1).contiguous()
             self.last_params = [dict(self.stages[0].params)]
             return x

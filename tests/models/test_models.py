@@ -28,9 +28,9 @@ def inputs(b=2, cz=16, h=32, w=48, c=1, seed=1):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("detail", [0, 8])
+@pytest.mark.parametrize("detail", [(0, 0), (8, 0), (8, 2)])
 def test_full_mask_sparse_equals_dense(detail):
-    m = random_model(detail_channels=detail)
+    m = random_model(detail_channels=detail[0], detail_blocks=detail[1])
     x, t, lr = inputs()
     down, up = m(x, t, lr)
     pred, info = m.forward_sparse(x, t, lr, torch.ones(2, 16, 24, dtype=torch.bool))
@@ -40,15 +40,15 @@ def test_full_mask_sparse_equals_dense(detail):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("detail", [0, 8])
+@pytest.mark.parametrize("detail", [(0, 0), (8, 0), (8, 2)])
 def test_empty_mask_never_runs_downstream(detail):
-    m = random_model(detail_channels=detail)
+    m = random_model(detail_channels=detail[0], detail_blocks=detail[1])
     x, t, lr = inputs()
     calls = []
     handles = [blk.register_forward_hook(lambda *a: calls.append(1)) for blk in m.down_blocks]
     handles.append(m.down_embed.register_forward_hook(lambda *a: calls.append(1)))
-    if detail:
-        handles.append(m.detail.register_forward_hook(lambda *a: calls.append(1)))
+    if detail[0]:
+        handles += [c.register_forward_hook(lambda *a: calls.append(1)) for n, c in m.named_modules() if n.startswith("detail") and isinstance(c, torch.nn.Conv2d)]
     pred, info = m.forward_sparse(x, t, lr, torch.zeros(2, 16, 24, dtype=torch.bool))
     for h in handles:
         h.remove()
@@ -57,9 +57,9 @@ def test_empty_mask_never_runs_downstream(detail):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("detail", [0, 8])
+@pytest.mark.parametrize("detail", [(0, 0), (8, 0), (8, 2)])
 def test_partial_mask_combines_down_and_up_per_token(detail):
-    m = random_model(detail_channels=detail)
+    m = random_model(detail_channels=detail[0], detail_blocks=detail[1])
     x, t, lr = inputs()
     down, up = m(x, t, lr)
     tok = torch.zeros(2, 16, 24, dtype=torch.bool)
@@ -74,12 +74,12 @@ def test_partial_mask_combines_down_and_up_per_token(detail):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("detail", [0, 8])
+@pytest.mark.parametrize("detail", [(0, 0), (8, 0), (8, 2)])
 @pytest.mark.parametrize("per_token_t", [False, True])
 def test_window_loop_equals_batched_gather(detail, per_token_t):
     """The reference-style per-item, per-window loop and the batched gather give the same prediction,
     including windows cut by the padding of a non-multiple size and a per-token timestep map."""
-    m = random_model(detail_channels=detail)
+    m = random_model(detail_channels=detail[0], detail_blocks=detail[1])
     x, t, lr = inputs(h=30, w=44)
     if per_token_t:
         t = torch.linspace(1, 12, 30 * 44).view(1, 1, 30, 44).expand(2, 1, 30, 44).contiguous()
@@ -126,11 +126,27 @@ def test_constant_timestep_map_equals_scalar_timestep():
     torch.testing.assert_close(m.forward_sparse(x, t, lr, tok)[0], m.forward_sparse(x, tmap, lr, tok)[0], atol=1e-5, rtol=1e-5)
 
 
+@torch.no_grad()
+def test_new_detail_blocks_start_as_identity():
+    base = random_model(detail_channels=8)
+    deep = build_qdm("tiny", 16, 1, detail_channels=8, detail_blocks=3).eval()
+    missing, unexpected = deep.load_state_dict(base.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(k.startswith(deep.ADDED_BY_DETAIL_BLOCKS) for k in missing)
+    assert deep.detail_halo == 9 and base.detail_halo == 3
+    x, t, lr = inputs()
+    for a, b in zip(deep(x, t, lr), base(x, t, lr)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    tok = torch.rand(2, 16, 24, generator=torch.Generator().manual_seed(0)) > 0.7
+    torch.testing.assert_close(deep.forward_sparse(x, t, lr, tok)[0], base.forward_sparse(x, t, lr, tok)[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="detail_channels"):
+        build_qdm("tiny", 16, 1, detail_blocks=2)
+
+
 @pytest.mark.parametrize("per_token", [False, True])
 @pytest.mark.parametrize("pattern", ["full", "empty", "some"])
-@pytest.mark.parametrize("detail", [0, 8])
+@pytest.mark.parametrize("detail", [(0, 0), (8, 0), (8, 2)])
 def test_macs_analytic_equals_hook_count(per_token, pattern, detail):
-    m = random_model(detail_channels=detail)
+    m = random_model(detail_channels=detail[0], detail_blocks=detail[1])
     x, t, lr = inputs()
     if per_token:
         t = torch.rand(2, 1, 32, 48, generator=torch.Generator().manual_seed(2)) * 14

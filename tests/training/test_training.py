@@ -232,6 +232,30 @@ def test_qdm_lpips_finetune_from_trained_model(tmp_path, ct_folder):
         QDMStage(bundle_settings(bad, "train"))
 
 
+def test_init_from_accepts_added_detail_blocks_and_rejects_other_changes(tmp_path, ct_folder):
+    from qdm_med.training.config import bundle_settings
+    from qdm_med.training.stages import QDMStage
+
+    detail = {"config": "tiny", "cond": "latent", "detail_channels": 8}
+    bundle = tiny_bundle(tmp_path, "qdm_ct_x8", {"model": detail})
+    train_bundle(bundle, data=ct_folder, max_steps=2, output=tmp_path / "base", quiet=True, device="cpu")
+    base = tmp_path / "base" / "models" / "model.pt"
+    state = torch.load(base, weights_only=True)
+    deep = tiny_bundle(tmp_path / "deep", "qdm_ct_x8", {"model": {**detail, "detail_blocks": 2}, "train": {"init_from": str(base)}})
+    stage = QDMStage(bundle_settings(deep, "train"))
+    for k, v in stage.model.state_dict().items():
+        if k.startswith("detail_res."):
+            assert k.startswith("detail_res.0.") or k.startswith("detail_res.1.")
+        else:
+            assert torch.equal(v, state["qdm." + k]), k
+    wide = tiny_bundle(tmp_path / "wide", "qdm_ct_x8", {"model": {**detail, "detail_channels": 16}, "train": {"init_from": str(base)}})
+    with pytest.raises(ConfigError, match="does not fit"):
+        QDMStage(bundle_settings(wide, "train"))
+    plain = tiny_bundle(tmp_path / "plain", "qdm_ct_x8", {"model": {"config": "tiny", "cond": "latent"}, "train": {"init_from": str(base)}})
+    with pytest.raises(ConfigError, match="unexpected keys: detail"):
+        QDMStage(bundle_settings(plain, "train"))
+
+
 def test_degradation_mix_draws_each_preset_reproducibly():
     from qdm_med.training.data import PairedDataset
     from qdm_med.transforms import bicubic_downsample
@@ -270,3 +294,34 @@ def test_bad_lr_schedule_is_a_config_error(tmp_path, ct_folder):
     bundle = tiny_bundle(tmp_path, "qdm_ct_x8", {"train": {"lr_schedule": "linear"}})
     with pytest.raises(ConfigError, match="lr_schedule"):
         train_bundle(bundle, data=ct_folder, max_steps=1, output=tmp_path / "r", quiet=True, device="cpu")
+
+
+def test_phases_equal_a_run_resumed_at_each_boundary(tmp_path, ct_folder):
+    """One run through ``train.phases`` == stopping at the boundary and resuming with the next phase's config."""
+    later = {"preset": {"mix": {"clean": 0.5, "medical": 0.5}}, "lr_schedule": "cosine"}
+    common = {"steps": 6, "warmup": 0, "checkpoint_every": 3, "validate_every": 100, "log_every": 1, "phases": []}  # not the bundle's
+    phased = tiny_bundle(tmp_path / "phased", "qdm_ct_x8", {"data": {"preset": "bicubic"}, "train": {**common, "phases": [{"until": 3}, later]}})
+    train_bundle(phased, data=ct_folder, output=tmp_path / "one", quiet=True, device="cpu")
+    first = tiny_bundle(tmp_path / "a", "qdm_ct_x8", {"data": {"preset": "bicubic"}, "train": common})
+    second = tiny_bundle(tmp_path / "b", "qdm_ct_x8", {"data": {"preset": later["preset"]}, "train": {**common, "lr_schedule": "cosine"}})
+    train_bundle(first, data=ct_folder, max_steps=3, output=tmp_path / "staged", quiet=True, device="cpu")
+    train_bundle(second, data=ct_folder, resume=True, output=tmp_path / "staged", quiet=True, device="cpu")
+    assert _losses(tmp_path / "one") == _losses(tmp_path / "staged")
+    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "one" / "log.jsonl").read_text().splitlines()) if "lr" in r]
+    assert lrs[0] == lrs[1] == lrs[2] > lrs[3] > lrs[4] > lrs[5]  # constant, then the cosine
+    plain = tiny_bundle(tmp_path / "plain", "qdm_ct_x8", {"data": {"preset": "bicubic"}, "train": common})
+    train_bundle(plain, data=ct_folder, output=tmp_path / "plain_run", quiet=True, device="cpu")
+    assert _losses(tmp_path / "plain_run")[:3] == _losses(tmp_path / "one")[:3] != _losses(tmp_path / "plain_run")
+
+
+@pytest.mark.parametrize("phases, message", [
+    ([{"until": 3}, {"until": 2}], "must be above"),
+    ([{}, {"until": 5}], "only the last phase"),
+    ([{"until": 3, "steps": 9}], "unknown keys"),
+    ([{"until": 3, "lr_schedule": "step"}], "lr_schedule"),
+    ({"until": 3}, "expected a list"),
+])
+def test_bad_phases_are_config_errors(tmp_path, ct_folder, phases, message):
+    bundle = tiny_bundle(tmp_path, "qdm_ct_x8", {"train": {"phases": phases}})
+    with pytest.raises(ConfigError, match=message):
+        train_bundle(bundle, data=ct_folder, max_steps=1, output=tmp_path / "run", quiet=True, device="cpu")

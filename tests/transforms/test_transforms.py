@@ -189,6 +189,42 @@ def test_clean_preset_draws_every_resampler_and_dict_version_matches():
         RandCleanDownsample(4, modes=("lanczos",), probs=(1.0,))
 
 
+def test_external_presets_are_the_library_calls_and_closed_forms():
+    from scipy import ndimage
+    from skimage.transform import resize
+
+    x = torch.rand(2, 32, 48, generator=torch.Generator().manual_seed(0))
+    block = x.view(2, 8, 4, 12, 4).mean((2, 4))  # local mean == the 4x4 block mean
+    np.testing.assert_allclose(DegradationPipeline("skimage_local_mean", 4)(x), block, atol=1e-6)
+    sk = np.stack([resize(p.double().numpy(), (8, 12), order=1, anti_aliasing=True, preserve_range=True) for p in x])
+    np.testing.assert_allclose(DegradationPipeline("skimage_resize", 4)(x), sk, atol=1e-6)
+    zoom = ndimage.zoom(x[0].double().numpy(), 0.25, order=3, grid_mode=True, mode="nearest")
+    np.testing.assert_allclose(DegradationPipeline("scipy_zoom", 4)(x)[0], np.clip(zoom, 0, 1), atol=1e-6)
+    for kind in ("skimage_resize", "skimage_local_mean", "scipy_zoom", "skimage_resize_noise"):
+        lr = DegradationPipeline(kind, 8)(torch.full((1, 64, 64), 0.4))
+        assert lr.shape == (1, 8, 8) and lr.dtype == torch.float32
+        if kind != "skimage_resize_noise":
+            np.testing.assert_allclose(lr, 0.4, atol=1e-6)
+
+
+def test_external_noise_preset_is_seeded_with_the_stated_sigma():
+    from qdm_med.transforms import EXTERNAL_NOISE_SIGMA, ExternalDownsample, ExternalDownsampled
+
+    p = DegradationPipeline("skimage_resize_noise", 2)
+    flat = torch.full((1, 256, 256), 0.5)
+    a = p.set_random_state(seed=1)(flat)
+    b = p.set_random_state(seed=1)(flat)
+    c = p.set_random_state(seed=2)(flat)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert float((a - 0.5).std()) == pytest.approx(EXTERNAL_NOISE_SIGMA, rel=0.05)
+    t, d = ExternalDownsample("skimage_resize_noise", 2), ExternalDownsampled("img", kind="skimage_resize_noise", scale=2)
+    t.set_random_state(5)
+    d.set_random_state(5)
+    np.testing.assert_allclose(d({"img": flat})["img"], t(flat))
+    with pytest.raises(ValueError, match="use one of"):
+        ExternalDownsample("opencv_area", 2)
+
+
 def test_pipeline_errors_are_one_line_config_errors():
     with pytest.raises(ConfigError, match="use one of"):
         DegradationPipeline("blurry", 4)
