@@ -17,7 +17,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -112,23 +112,36 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_calls(fns: Sequence[Callable[[], object]], device: torch.device | str = "cpu", repeats: int = 3, warmup: int = 1) -> list[dict]:
+    """Time several calls interleaved: each round runs every ``fn`` once, the starting one rotating, so a
+    machine that speeds up or slows down during the measurement (shared CPUs, turbo) shifts all of them
+    alike and their ratio stays fair. ``warmup`` untimed rounds first. Per fn: median and min seconds and
+    the peak memory of its first timed call."""
+    device = torch.device(device)
+    fns = list(fns)
+    for _ in range(max(0, int(warmup))):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    peaks: list[int | None] = [None] * len(fns)
+    for r in range(max(1, int(repeats))):
+        for k in range(len(fns)):
+            i = (r + k) % len(fns)
+            with PeakMemory(device) as mem:
+                _sync(device)
+                t0 = time.perf_counter()
+                fns[i]()
+                _sync(device)
+                times[i].append(time.perf_counter() - t0)
+            if len(times[i]) == 1:
+                peaks[i] = mem.peak_bytes
+    return [{"seconds": statistics.median(t), "seconds_min": min(t), "repeats": len(t), "peak_bytes": p} for t, p in zip(times, peaks)]
+
+
 def time_call(fn: Callable[[], object], device: torch.device | str = "cpu", repeats: int = 3, warmup: int = 1) -> dict:
     """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times: median and min seconds and the peak
     memory of one timed call (the first)."""
-    device = torch.device(device)
-    for _ in range(max(0, int(warmup))):
-        fn()
-    times, peak = [], None
-    for i in range(max(1, int(repeats))):
-        with PeakMemory(device) as mem:
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-        if i == 0:
-            peak = mem.peak_bytes
-    return {"seconds": statistics.median(times), "seconds_min": min(times), "repeats": len(times), "peak_bytes": peak}
+    return time_calls([fn], device, repeats, warmup)[0]
 
 
 def _cpu_model() -> str:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qdm_med.bench.measure import time_call
+from qdm_med.bench.measure import time_call, time_calls
 from qdm_med.errors import ConfigError
 
 __all__ = [
@@ -167,10 +167,13 @@ def _bicubic_scores(ctx: BenchContext, with_lpips: bool = False) -> dict:
     return _scores(ctx, up, with_lpips)
 
 
-def _timed(ctx: BenchContext, fn: Callable[[], object], n_items: int, warmup: int = 1) -> dict:
-    t = time_call(fn, ctx.device, repeats=ctx.repeats, warmup=warmup)
+def _per_slice(t: dict, n_items: int) -> dict:
     return {"seconds_per_slice": t["seconds"] / n_items, "seconds_per_slice_min": t["seconds_min"] / n_items,
             "peak_mb": None if t["peak_bytes"] is None else t["peak_bytes"] / 2**20}
+
+
+def _timed(ctx: BenchContext, fn: Callable[[], object], n_items: int, warmup: int = 1) -> dict:
+    return _per_slice(time_call(fn, ctx.device, repeats=ctx.repeats, warmup=warmup), n_items)
 
 
 # ------------------------------------------------------------------------------------------- 1. threshold
@@ -192,14 +195,20 @@ def threshold_sweep(ctx: BenchContext, thresholds: Sequence[float] = THRESHOLDS)
             ctx.configure(threshold=float(s), sparse=True)
             sr = _run_pipeline(ctx, lr)
             info = ctx.pipeline.last_info
-            # the scored call above is the warm-up
-            row = {"setting": f"s = {s:g}", "threshold": float(s), "path": "sparse", **_timed(ctx, lambda: _run_pipeline(ctx, lr), n, warmup=0)}
+            scores = _scores(ctx, sr, True)
+
+            def run(sparse: bool, s=float(s)):
+                ctx.configure(threshold=s, sparse=sparse)
+                return _run_pipeline(ctx, lr)
+
+            # sparse and dense interleaved, so drift of the machine's speed cannot bias their ratio
+            t_sparse, t_dense = time_calls([lambda: run(True), lambda: run(False)], ctx.device, repeats=ctx.repeats, warmup=1)
+            sparse, dense = _per_slice(t_sparse, n), _per_slice(t_dense, n)
+            row = {"setting": f"s = {s:g}", "threshold": float(s), "path": "sparse", **sparse}
             row.update(
                 density=info["mask_density"], active_windows=info["active_windows"] / max(1, info["total_windows"]),
-                gmacs_per_slice=info["macs"] / n / 1e9, **_scores(ctx, sr, True),
+                gmacs_per_slice=info["macs"] / n / 1e9, **scores,
             )
-            ctx.configure(threshold=float(s), sparse=False)
-            dense = _timed(ctx, lambda: _run_pipeline(ctx, lr), n)
             row["dense_seconds_per_slice"] = dense["seconds_per_slice"]
             row["dense_seconds_per_slice_min"] = dense["seconds_per_slice_min"]
             row["speedup_vs_dense"] = dense["seconds_per_slice"] / row["seconds_per_slice"]

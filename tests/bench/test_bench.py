@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from qdm_med.bench.measure import PeakMemory, machine_info, time_call
+from qdm_med.bench.measure import PeakMemory, machine_info, time_call, time_calls
 from qdm_med.bench.report import check_targets, markdown_report, write_plots
 from qdm_med.cli import app
 
@@ -41,6 +41,18 @@ def test_time_call_runs_warmup_and_repeats_and_takes_the_median():
     out = time_call(lambda: calls.append(1), repeats=5, warmup=2)
     assert len(calls) == 7 and out["repeats"] == 5
     assert 0 <= out["seconds_min"] <= out["seconds"]
+
+
+def test_time_calls_interleave_rotating_the_start_and_time_each_call():
+    import time
+
+    order = []
+    a = lambda: order.append("a") or time.sleep(0.002)  # noqa: E731
+    b = lambda: order.append("b") or time.sleep(0.02)  # noqa: E731
+    ta, tb = time_calls([a, b], repeats=4, warmup=1)
+    assert order == ["a", "b"] + ["a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up round, then rotating rounds
+    assert ta["repeats"] == tb["repeats"] == 4
+    assert 0.002 <= ta["seconds"] < tb["seconds"] and 0.02 <= tb["seconds_min"] <= tb["seconds"]
 
 
 def test_machine_info_names_the_cpu_and_threads():

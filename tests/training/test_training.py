@@ -325,3 +325,29 @@ def test_bad_phases_are_config_errors(tmp_path, ct_folder, phases, message):
     bundle = tiny_bundle(tmp_path, "qdm_ct_x8", {"train": {"phases": phases}})
     with pytest.raises(ConfigError, match=message):
         train_bundle(bundle, data=ct_folder, max_steps=1, output=tmp_path / "run", quiet=True, device="cpu")
+
+
+def test_t_final_prob_trains_that_share_at_the_prior_step(tmp_path):
+    from qdm_med.training.config import bundle_settings
+    from qdm_med.training.stages import QDMStage
+
+    def drawn_steps(prob, n=40):
+        stage = QDMStage(bundle_settings(tiny_bundle(tmp_path / str(prob), "qdm_ct_x8", {"train": {"t_final_prob": prob}}), "train"))
+        seen = []
+        stage.diffusion.training_loss = lambda model, x0, y, cond, mask, t, **kw: seen.append(t.clone()) or {
+            "loss": torch.zeros(()), "mse_down": torch.zeros(()), "mse_up": torch.zeros(())}
+        g = torch.Generator().manual_seed(0)
+        for _ in range(n):
+            stage.loss(stage.model, torch.rand(4, 1, 32, 32) * 2 - 1, torch.rand(4, 1, 4, 4) * 2 - 1, g)
+        return torch.cat(seen), stage.diffusion.num_timesteps
+
+    t0, T = drawn_steps(0.0)
+    t1, _ = drawn_steps(1.0)
+    th, _ = drawn_steps(0.5)
+    assert (t1 == T - 1).all() and 0.03 < float((t0 == T - 1).float().mean()) < 0.15  # uniform: 1/T
+    assert 0.4 < float((th == T - 1).float().mean()) < 0.65
+    # without it the random stream is the one runs had before the option existed
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(t0[:4], torch.randint(0, T, (4,), generator=g))
+    with pytest.raises(ConfigError, match="t_final_prob"):
+        drawn_steps(1.5)
