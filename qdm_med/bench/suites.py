@@ -105,9 +105,10 @@ class BenchContext:
 
 
 def prepare_context(bundle_dir, data_dir=None, device: str | torch.device = "cpu", n_slices: int = 4, repeats: int = 3,
-                    seed: int = 0, lpips_weights=None) -> BenchContext:
-    """Load the bundle and its held-out CT patient from the corpus; pick ``n_slices`` evenly spaced
-    slices (from the central 80% of the volume, away from the scan's empty ends)."""
+                    seed: int = 0, lpips_weights=None, patient: str | None = None) -> BenchContext:
+    """Load the bundle and its held-out CT patient (or ``patient``, e.g. a training patient for tuning)
+    from the corpus; pick ``n_slices`` evenly spaced slices (from the central 80% of the volume, away from
+    the scan's empty ends)."""
     from qdm_med.data.corpus import corpus_paths
     from qdm_med.inference.bundle import load_bundle
     from qdm_med.inference.scoring import load_lpips_or_none
@@ -119,10 +120,14 @@ def prepare_context(bundle_dir, data_dir=None, device: str | torch.device = "cpu
     if bundle.kind != "ct":
         raise ConfigError(f"{bundle_dir}: bench measures CT bundles (qdm_ct_x4, qdm_ct_x8); this is a {bundle.kind} bundle")
     paths = corpus_paths(data_dir)
-    holdout = list((bundle.config.get("data") or {}).get("holdout") or [])
-    patient = next((p for p in holdout if p in paths), None)
-    if patient is None:
-        raise ConfigError(f"{bundle_dir}: its held-out patient {holdout or '(none named)'} is not in the corpus ({', '.join(sorted(paths))})")
+    if patient is not None:
+        if patient not in paths:
+            raise ConfigError(f"patient {patient!r} is not in the corpus ({', '.join(sorted(paths))})")
+    else:
+        holdout = list((bundle.config.get("data") or {}).get("holdout") or [])
+        patient = next((p for p in holdout if p in paths), None)
+        if patient is None:
+            raise ConfigError(f"{bundle_dir}: its held-out patient {holdout or '(none named)'} is not in the corpus ({', '.join(sorted(paths))})")
     hr = load_volume(paths[patient])
     lr = degrade_volume(hr, bundle.scale, preset="medical_test", seed=seed)
     nz = hr.array.shape[2]

@@ -4,6 +4,7 @@ synthetic results, and the suites on the shipped x8 bundle with real held-out CT
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from qdm_med.bench.measure import PeakMemory, machine_info, time_call, time_calls
 from qdm_med.bench.report import check_targets, markdown_report, write_plots
 from qdm_med.cli import app
+from qdm_med.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 X8 = REPO / "bundles" / "qdm_ct_x8"
@@ -166,3 +168,21 @@ def test_bench_refuses_a_natural_image_bundle(tmp_path, corpus_dir):
     r = CliRunner().invoke(app, ["bench", "--bundle", str(REPO / "bundles" / "qdm_natural_x4"), "--data", str(corpus_dir),
                                  "--out", str(tmp_path / "b"), "-q"])
     assert r.exit_code == 2 and "CT bundles" in r.output
+
+
+@pytest.mark.slow
+@pytest.mark.corpus
+def test_context_on_a_named_patient_and_the_tuning_script_refuses_the_held_out_one(corpus_dir):
+    import subprocess
+    import sys
+
+    from qdm_med.bench.suites import prepare_context
+
+    ctx = prepare_context(X8, corpus_dir, "cpu", n_slices=1, patient="pyradiomics_lung1")
+    assert ctx.patient == "pyradiomics_lung1" and ctx.hr_hu.shape[0] == 1
+    with pytest.raises(ConfigError, match="not in the corpus"):
+        prepare_context(X8, corpus_dir, "cpu", n_slices=1, patient="nobody")
+    script = REPO / "scripts" / "tune_tss.py"
+    res = subprocess.run([sys.executable, str(script), str(X8), "--patient", "pyradiomics_lung2", "--slices", "1", "--out", "unused"],
+                         capture_output=True, text=True, env={**os.environ, "QDM_MED_DATA": str(corpus_dir)})
+    assert res.returncode != 0 and "held-out patient" in res.stderr

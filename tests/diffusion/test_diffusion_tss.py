@@ -189,7 +189,7 @@ def test_make_sampler_validation_and_config():
         make_sampler("tss", 5, field=32)
     with pytest.raises(ConfigError):
         make_plan("uniform", 20, 15)
-    assert make_sampler("TDS", 7).config() == {"sampler": "tds", "steps": 7, "warp": "polynomial", "a": 0.5, "n": 1.5}
+    assert make_sampler("TDS", 7).config() == {"sampler": "tds", "steps": 7, "warp": "polynomial", "a": 0.05, "n": 6.0}
     assert isinstance(make_sampler("tds", 3), TDSSampler)
     assert make_timesteps("uniform", 3, 15).describe() == [14.0, 7.0, 0.0]
     with pytest.raises(ValueError):
