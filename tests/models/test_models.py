@@ -37,6 +37,9 @@ def test_full_mask_sparse_equals_dense(detail):
     torch.testing.assert_close(pred, down, atol=1e-5, rtol=1e-5)
     assert info["active_windows"] == info["total_windows"] == 2 * 2 * 3
     assert not torch.allclose(down, up)
+    # per-pixel timesteps (SDS): the dense detail pass over the whole image equals the windows with halos
+    tvar = torch.rand(2, 1, 32, 48, generator=torch.Generator().manual_seed(3)) * 14
+    torch.testing.assert_close(m.forward_sparse(x, tvar, lr, None)[0], m(x, tvar, lr)[0], atol=1e-5, rtol=1e-5)
 
 
 @torch.no_grad()
