@@ -119,8 +119,8 @@ class DualStreamQDM(nn.Module):
         if self.detail_channels > 0:
             fc = self.detail_channels
             self.detail = nn.Sequential(nn.Conv2d(cin + 1, fc, 3), nn.GELU(), nn.Conv2d(fc, fc, 3), nn.GELU(), nn.Conv2d(fc, self.latent_channels, 3))
-            if self.detail_blocks:  # a separate list keeps the state-dict keys of models without blocks
-                self.detail_res = nn.Sequential(*[ValidConvResBlock(fc) for _ in range(self.detail_blocks)])
+            # a separate (possibly empty) list keeps the state-dict keys of models without blocks
+            self.detail_res = nn.Sequential(*[ValidConvResBlock(fc) for _ in range(self.detail_blocks)])
         self.initialize_weights()
 
     # ----------------------------------------------------------------------------------------- init
@@ -145,10 +145,6 @@ class DualStreamQDM(nn.Module):
         if self.detail is not None:  # the branch starts silent, like the adaLN-Zero blocks
             nn.init.zeros_(self.detail[-1].weight)
             nn.init.zeros_(self.detail[-1].bias)
-        if self.detail_blocks:  # xavier above touched only linears; keep the blocks' identity start explicit
-            for blk in self.detail_res:
-                nn.init.zeros_(blk.conv2.weight)
-                nn.init.zeros_(blk.conv2.bias)
 
     # ------------------------------------------------------------------------------------- helpers
     def conditioning(self, lr: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -241,8 +237,6 @@ class DualStreamQDM(nn.Module):
 
     def _detail(self, z: torch.Tensor) -> torch.Tensor:
         """Detail branch on halo'd input (n, Cin+1, S+2r, S+2r) -> (n, Cz, S, S) (valid convolutions)."""
-        if not self.detail_blocks:
-            return self.detail(z)
         h = self.detail[1](self.detail[0](z))
         return self.detail[4](self.detail[3](self.detail[2](self.detail_res(h))))
 

@@ -16,14 +16,10 @@ on them.
 
 from __future__ import annotations
 
-from typing import Hashable, Mapping
-
 import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.transforms import MapTransform, RandomizableTransform
 
-from qdm_med.transforms.degradation import as_image_tensor
+from qdm_med.transforms.degradation import _RandDictWrapper, _RandImageTransform
 
 __all__ = ["EXTERNAL_KINDS", "EXTERNAL_NOISE_SIGMA", "ExternalDownsample", "ExternalDownsampled"]
 
@@ -47,7 +43,7 @@ def _downsample_plane(plane: np.ndarray, kind: str, scale: int) -> np.ndarray:
     raise ValueError(f"external downsampler {kind!r}: use one of {', '.join(EXTERNAL_KINDS)}")
 
 
-class ExternalDownsample(RandomizableTransform):
+class ExternalDownsample(_RandImageTransform):
     """Downsample (C, H, W) in [0, 1] by ``scale`` with another library's resampler -> (C, H/s, W/s), clamped.
 
     Args:
@@ -56,47 +52,27 @@ class ExternalDownsample(RandomizableTransform):
     """
 
     def __init__(self, kind: str, scale: int) -> None:
-        RandomizableTransform.__init__(self, 1.0)
+        super().__init__(1.0)
         if kind not in EXTERNAL_KINDS:
             raise ValueError(f"external downsampler {kind!r}: use one of {', '.join(EXTERNAL_KINDS)}")
         self.kind, self.scale = kind, int(scale)
-        self.params: dict = {"kind": kind}
+        self.params = {"kind": kind}
 
     def randomize(self, data=None) -> None:
         super().randomize(None)
         self.params = {"kind": self.kind, "noise_seed": int(self.R.randint(0, 2**31 - 1))}
 
-    def __call__(self, img, randomize: bool = True) -> torch.Tensor:
-        x = as_image_tensor(img)
-        h, w = x.shape[-2:]
+    def apply(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
         if h % self.scale or w % self.scale:
             raise ValueError(f"image size {h}x{w} is not divisible by the scale {self.scale}")
-        if randomize:
-            self.randomize()
-        planes = [_downsample_plane(p.double().numpy(), self.kind, self.scale) for p in x.detach().cpu()]
-        lr = np.stack(planes)
+        lr = np.stack([_downsample_plane(p.double().numpy(), self.kind, self.scale) for p in img.detach().cpu()])
         if self.kind == "skimage_resize_noise":
             lr = lr + np.random.RandomState(self.params["noise_seed"]).normal(0.0, EXTERNAL_NOISE_SIGMA, lr.shape)
         return torch.from_numpy(np.clip(lr, 0.0, 1.0).astype(np.float32))
 
 
-class ExternalDownsampled(RandomizableTransform, MapTransform):
-    """Dictionary version: one draw, applied to every key."""
+class ExternalDownsampled(_RandDictWrapper):
+    """Dictionary version: one draw, applied to every key (``keys``, ``kind``, ``scale``)."""
 
-    def __init__(self, keys: KeysCollection, kind: str, scale: int, allow_missing_keys: bool = False) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, 1.0)
-        self.transform = ExternalDownsample(kind, scale)
-        self.transform.set_random_state(state=self.R)
-
-    def set_random_state(self, seed=None, state=None):
-        super().set_random_state(seed, state)
-        self.transform.set_random_state(state=self.R)
-        return self
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        self.transform.randomize()
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key], randomize=False)
-        return d
+    transform_class = ExternalDownsample
