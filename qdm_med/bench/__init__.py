@@ -80,6 +80,7 @@ def run_bench(
         "seed": int(seed), "bundle": bundle_dir.name, "bundle_path": str(bundle_dir), "patient": ctx.patient,
         "slices": ctx.slices, "scale": ctx.scale, "window": list(ctx.bundle.window), "defaults": dict(ctx.defaults),
         "machine": machine_info(dev), "notes": [],
+        "sparsity": "token" if getattr(ctx.pipeline.qdm, "token_sparse", False) else "window",
     }
     jobs = {
         "threshold": lambda: {"threshold_sweep": S.threshold_sweep(ctx)},

@@ -191,7 +191,7 @@ def threshold_sweep(ctx: BenchContext, thresholds: Sequence[float] = THRESHOLDS)
         ctx.configure(threshold=0.0, sparse=False)
         full_sr = _run_pipeline(ctx, lr)
         full = {"setting": "full mask (dense)", "threshold": None, "path": "dense", **_timed(ctx, lambda: _run_pipeline(ctx, lr), n, warmup=0)}
-        full.update(density=1.0, active_windows=1.0, gmacs_per_slice=None, **_scores(ctx, full_sr, True))
+        full.update(density=1.0, active_windows=1.0, computed_tokens=1.0, gmacs_per_slice=None, **_scores(ctx, full_sr, True))
         ctx.configure(threshold=0.0, sparse=True)
         _run_pipeline(ctx, lr)
         full["gmacs_per_slice"] = ctx.pipeline.last_info["macs"] / n / 1e9  # every window runs: the dense path's work
@@ -212,6 +212,7 @@ def threshold_sweep(ctx: BenchContext, thresholds: Sequence[float] = THRESHOLDS)
             row = {"setting": f"s = {s:g}", "threshold": float(s), "path": "sparse", **sparse}
             row.update(
                 density=info["mask_density"], active_windows=info["active_windows"] / max(1, info["total_windows"]),
+                computed_tokens=(info.get("active_tokens") or 0) / max(1, info.get("total_tokens") or 0) if info.get("total_tokens") else None,
                 gmacs_per_slice=info["macs"] / n / 1e9, **scores,
             )
             row["dense_seconds_per_slice"] = dense["seconds_per_slice"]

@@ -307,7 +307,7 @@ class ResShiftDiffusion:
         Returns:
             (x0 latent (B, Cz, h, w), info) with info keys ``sampler``, ``sampler_params``, ``T``,
             ``num_steps``, ``timesteps`` (plan description), ``steps`` (per step: t, t_prev and the
-            model's info), ``model_calls``, ``active_windows``/``total_windows``/``macs`` (sums over
+            model's info), ``model_calls``, ``active_windows``/``total_windows``/``active_tokens``/``total_tokens``/``macs`` (sums over
             steps, None if the model did not report them), ``sparse`` and ``diffusion_mask_density``.
         """
         plan = self._as_plan(timesteps)
@@ -337,13 +337,14 @@ class ResShiftDiffusion:
             if use_sparse:
                 pred, minfo = model.forward_sparse(x_in, t_model, lr, tok, chunk_size=chunk_size)
             else:
-                down, up = model(x_in, t_model, lr)
+                kw = {"token_mask": tok} if tok is not None and getattr(model, "token_sparse", False) else {}
+                down, up = model(x_in, t_model, lr, **kw)
                 pred = down if tok_up is None else torch.where(tok_up, down, up)
                 minfo = {}
             mean, var = self.q_posterior_mean_variance(x, pred, t, t_prev, m)
             x = mean if i == n - 1 else mean + var.sqrt() * _randn(x, generator)
             record = {"t": _describe(t), "t_prev": _describe(t_prev)}
-            for key in ("active_windows", "total_windows", "macs"):
+            for key in ("active_windows", "total_windows", "active_tokens", "total_tokens", "macs"):
                 if minfo and key in minfo:
                     record[key] = int(minfo[key])
             records.append(record)
@@ -364,6 +365,8 @@ class ResShiftDiffusion:
             "model_calls": n,
             "active_windows": total("active_windows"),
             "total_windows": total("total_windows"),
+            "active_tokens": total("active_tokens"),
+            "total_tokens": total("total_tokens"),
             "macs": total("macs"),
             "sparse": use_sparse,
             "diffusion_mask_density": 1.0 if m is None else float(m.mean()),

@@ -114,6 +114,7 @@ class QDMSuperResolution(nn.Module):
             "mask_density": float(masks.token.float().mean()),
             "diffusion_mask_density": float(masks.diffusion.float().mean()),
             "active_windows": info.get("active_windows"), "total_windows": info.get("total_windows"),
+            "active_tokens": info.get("active_tokens"), "total_tokens": info.get("total_tokens"),
             "macs_qdm": qdm_macs, "macs_decode": decode_macs,
             "macs": None if qdm_macs is None else int(qdm_macs) + decode_macs,
             "timesteps": info.get("timesteps"), "timings": timings,

@@ -7,6 +7,7 @@ give exactly the per-sample result.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -25,6 +26,8 @@ __all__ = [
     "WindowCrossBlock",
     "FinalLayer",
     "ValidConvResBlock",
+    "AttentionGroup",
+    "TokenLayout",
     "sincos_pos_embed_2d",
 ]
 
@@ -60,11 +63,65 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(self.frequencies(t).to(self.mlp[0].weight.dtype))
 
 
-class AttentionCore(nn.Module):
-    """softmax(q k^T / sqrt(d)) v on (B, heads, N, d) tensors (its own module so MAC hooks can see it)."""
+@dataclasses.dataclass
+class AttentionGroup:
+    """Rows ``start:end`` of a :class:`TokenLayout` and the padded grid their self-attention runs on.
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v)
+    Attributes:
+        slots: (end - start,) position of each row in the ``(windows * length)`` grid (None: the rows are
+            the grid, in order).
+        windows, length: grid size: windows, and token slots per window.
+        key_mask: (windows, length) bool, the slots a query may attend to (None: all).
+    """
+
+    start: int
+    end: int
+    slots: torch.Tensor | None
+    windows: int
+    length: int
+    key_mask: torch.Tensor | None
+
+
+@dataclasses.dataclass
+class TokenLayout:
+    """Where packed tokens sit: the downstream's sparse path runs its blocks on ``(1, n, D)`` rows (only the
+    tokens it computes) instead of ``(windows, 64, D)`` grids.
+
+    Attributes:
+        groups: :class:`AttentionGroup` list covering the rows in order; a row attends within its
+            window of its group's grid (groups let windows with few tokens use short grids).
+        batch: (n,) batch item of each row, non-decreasing (cross-attention runs per batch item).
+    """
+
+    groups: list[AttentionGroup]
+    batch: torch.Tensor
+
+    def __post_init__(self) -> None:
+        items, counts = torch.unique_consecutive(self.batch, return_counts=True)
+        ends = torch.cumsum(counts, 0).tolist()
+        #: (batch item, first row, end row) per batch item present
+        self.batch_ranges = [(int(b), e - int(c), e) for b, c, e in zip(items.tolist(), counts.tolist(), ends)]
+
+    def attention_pairs(self) -> int:
+        """Query-key pairs of the self-attention (per head and block): sum of windows x length^2."""
+        return sum(g.windows * g.length**2 for g in self.groups)
+
+
+class AttentionCore(nn.Module):
+    """softmax(q k^T / sqrt(d)) v on (B, heads, N, d) tensors (its own module so MAC hooks can see it).
+
+    ``mask``: bool, broadcastable to (B, heads, N_q, N_k); True = may attend (every query needs one key).
+    Masked attention over at most :attr:`MATMUL_MAX_KEYS` keys on the CPU runs as plain matmuls: on the
+    short grids of the token-sparse windows they are 1.3-2.8x faster than the fused kernel, which wins on
+    full 64-token windows (measured with torch 2.14, 2 threads)."""
+
+    MATMUL_MAX_KEYS = 32
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None or q.device.type != "cpu" or k.shape[-2] > self.MATMUL_MAX_KEYS:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+        return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
 
 
 class SelfAttention(nn.Module):
@@ -77,10 +134,31 @@ class SelfAttention(nn.Module):
         self.core = AttentionCore()
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, layout: TokenLayout | None = None) -> torch.Tensor:
+        """x (B, N, D) -> (B, N, D); ``mask`` (B, 1, N, N) bool or None. With a ``layout``, x is packed
+        (1, n, D): rows attend within their window of the layout's grid, to its ``key_mask`` tokens."""
+        if layout is not None:
+            return self._packed(x, layout)
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        return self.proj(self.core(q, k, v).transpose(1, 2).reshape(b, n, d))
+        return self.proj(self.core(q, k, v, mask).transpose(1, 2).reshape(b, n, d))
+
+    def _packed(self, x: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        d = x.shape[-1]
+        qkv = self.qkv(x[0])  # (n, 3D): projections of the computed tokens only
+        out = qkv.new_empty(qkv.shape[0], d)
+        for g in layout.groups:
+            rows = qkv[g.start : g.end]
+            if g.slots is None:
+                grid = rows
+            else:  # empty slots hold zeros; the key mask keeps them out of every softmax
+                grid = rows.new_zeros(g.windows * g.length, 3 * d)
+                grid[g.slots] = rows
+            q, k, v = grid.view(g.windows, g.length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+            mask = None if g.key_mask is None else g.key_mask[:, None, None, :]
+            o = self.core(q, k, v, mask).transpose(1, 2).reshape(g.windows * g.length, d)
+            out[g.start : g.end] = o if g.slots is None else o[g.slots]
+        return self.proj(out)[None]
 
 
 class CrossAttention(nn.Module):
@@ -108,9 +186,11 @@ class CrossAttention(nn.Module):
         d = self.q.out_features
         return self.kv(context).view(b, m, 2, self.heads, d // self.heads).permute(0, 2, 3, 1, 4)
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor, bidx: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, bidx: torch.Tensor | None = None, layout: TokenLayout | None = None) -> torch.Tensor:
         """x (n, N, D) window tokens, kv (B, 2, heads, M, d), bidx (n,) batch item of each row
-        (None: row i uses kv[i]) -> (n, N, D)."""
+        (None: row i uses kv[i]) -> (n, N, D). With a ``layout``, x is packed (1, n, D)."""
+        if layout is not None:
+            return self._packed(x, kv, layout)
         n, length, d = x.shape
         h, dh = self.heads, d // self.heads
         q = self.q(x).view(n, length, h, dh)
@@ -124,6 +204,15 @@ class CrossAttention(nn.Module):
                 ob = self.core(qb, kv[b : b + 1, 0], kv[b : b + 1, 1])  # (1, h, rows*N, dh)
                 out[rows] = ob.transpose(1, 2).reshape(rows.numel(), length, h, dh)
         return self.proj(out.reshape(n, length, d))
+
+    def _packed(self, x: torch.Tensor, kv: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        n, d = x.shape[1], x.shape[2]
+        h, dh = self.heads, d // self.heads
+        q = self.q(x[0]).view(n, h, dh)
+        out = q.new_empty(n, h, dh)
+        for b, start, end in layout.batch_ranges:  # the rows of one image attend to its keys/values at once
+            out[start:end] = self.core(q[start:end].transpose(0, 1)[None], kv[b : b + 1, 0], kv[b : b + 1, 1])[0].transpose(0, 1)
+        return self.proj(out.reshape(n, d))[None]
 
 
 class Mlp(nn.Module):
@@ -174,13 +263,15 @@ class WindowCrossBlock(nn.Module):
     def modulation(self, c: torch.Tensor) -> torch.Tensor:
         return self.ada(c)
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor, mod: torch.Tensor, bidx: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, mod: torch.Tensor, bidx: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None, layout: TokenLayout | None = None) -> torch.Tensor:
         """x (n, N, D); kv (B, 2, heads, M, d) with ``bidx`` (n,) the batch item of each row, or per row when
-        ``bidx`` is None; mod (n, 12D) or per-token (n, N, 12D)."""
+        ``bidx`` is None; mod (n, 12D) or per-token (n, N, 12D); ``mask`` (n, 1, N, N) bool self-attention
+        mask. With a ``layout`` (:class:`TokenLayout`), x is packed (1, n, D) and mod (1, n, 12D)."""
         m = mod.chunk(12, dim=-1)
-        x = x + _per_token(m[2]) * self.attn(modulate(self.norm1(x), m[0], m[1]))
+        x = x + _per_token(m[2]) * self.attn(modulate(self.norm1(x), m[0], m[1]), mask, layout)
         x = x + _per_token(m[5]) * self.mlp1(modulate(self.norm2(x), m[3], m[4]))
-        x = x + _per_token(m[8]) * self.cross(modulate(self.norm3(x), m[6], m[7]), kv, bidx)
+        x = x + _per_token(m[8]) * self.cross(modulate(self.norm3(x), m[6], m[7]), kv, bidx, layout)
         return x + _per_token(m[11]) * self.mlp2(modulate(self.norm4(x), m[9], m[10]))
 
 

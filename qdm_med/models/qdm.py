@@ -18,6 +18,18 @@ small CPU-trained models need; callers pass :meth:`DualStreamQDM.conditioning` a
 ``forward`` (training) runs the downstream everywhere and returns ``(down, up)``. ``forward_sparse``
 (inference) gathers the windows holding an active token from the whole batch, runs them in chunks,
 scatters them back and returns ``down * m + up * (1 - m)``; a window without active tokens costs nothing.
+
+Sparsity comes in two granularities (``token_sparse``):
+
+- window (the paper's model): a window's tokens attend to each other whatever the mask, so an active
+  window is computed whole, inactive tokens included (their outputs are discarded).
+- token: a token attends only to the tokens of its window on the same side of the mask (active with
+  active, inactive with inactive; the dense path applies this as an attention mask), so an active
+  token's output never depends on an inactive one and the sparse path computes the active tokens only.
+  Everything else in a block is per token. Models must be trained this way (``forward(token_mask=)``).
+
+The convolutional detail branch is computed on units of 2x2 tokens holding an active token, whatever the
+granularity: its valid convolutions give the same pixels wherever they are cut.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from qdm_med.models.blocks import DiTBlock, FinalLayer, TimestepEmbedder, ValidConvResBlock, WindowCrossBlock, sincos_pos_embed_2d
+from qdm_med.models.blocks import AttentionGroup, DiTBlock, FinalLayer, TimestepEmbedder, TokenLayout, ValidConvResBlock, WindowCrossBlock, sincos_pos_embed_2d
 
 __all__ = ["QDM_CONFIGS", "DualStreamQDM", "build_qdm"]
 
@@ -60,10 +72,16 @@ class DualStreamQDM(nn.Module):
             convolution, for the local context a plain SR CNN has (the halo grows by 2 per block). New blocks
             start as the identity, so a trained model given more blocks keeps its output
             (:attr:`ADDED_BY_DETAIL_BLOCKS` names their parameters).
+        token_sparse: token-level instead of window-level sparsity (module docstring). It changes what the
+            model computes (self-attention is split by the mask), not its parameters.
     """
 
     #: parameter-name prefix of the detail branch's residual blocks (absent from models without them)
     ADDED_BY_DETAIL_BLOCKS = "detail_res."
+    #: side, in tokens, of the units the sparse path computes the detail branch on (divides the window)
+    DETAIL_UNIT = 2
+    #: grid lengths of the token-sparse self-attention: a window attends on the shortest holding its tokens
+    ATTENTION_LENGTHS = (16, 32)
 
     def __init__(
         self,
@@ -83,6 +101,7 @@ class DualStreamQDM(nn.Module):
         cond: str = "lr",
         detail_channels: int = 0,
         detail_blocks: int = 0,
+        token_sparse: bool = False,
     ) -> None:
         super().__init__()
         if cond not in ("lr", "latent"):
@@ -95,6 +114,9 @@ class DualStreamQDM(nn.Module):
         self.down_depth = int(down_depth if down_depth is not None else depth)
         self.down_heads = int(down_heads or heads)
         self.up_patch, self.down_patch, self.window = int(up_patch), int(down_patch), int(window)
+        self.token_sparse = bool(token_sparse)
+        if self.window % self.DETAIL_UNIT:
+            raise ValueError(f"window {self.window}: must be a multiple of {self.DETAIL_UNIT} tokens")
         self.mlp_ratio, self.lr_interp = float(mlp_ratio), lr_interp
         self.win_px = self.down_patch * self.window  # latent pixels per window side (16)
         self.multiple = math.lcm(self.up_patch, self.win_px)
@@ -229,10 +251,10 @@ class DualStreamQDM(nn.Module):
         r = self.detail_halo
         return F.pad(z, (r, r, r, r), mode="replicate")
 
-    def _halo_view(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """(B, Cin+1, nh, nw, 16+2r, 16+2r) view: each window's input with its halo (an unfold view of the
-        padded input: windows are copied only when gathered)."""
-        s, r = self.win_px, self.detail_halo
+    def _halo_view(self, x: torch.Tensor, t: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """(B, Cin+1, nh, nw, S+2r, S+2r) view: each S x S block's input with its halo (S = ``size`` latent
+        pixels, default a window); an unfold view of the padded input, so blocks are copied only when gathered."""
+        s, r = size or self.win_px, self.detail_halo
         return self._detail_input(x, t).unfold(2, s + 2 * r, s).unfold(3, s + 2 * r, s)
 
     def _detail(self, z: torch.Tensor) -> torch.Tensor:
@@ -247,11 +269,31 @@ class DualStreamQDM(nn.Module):
         nwin = nh * nw
         return view[ids // nwin, :, (ids % nwin) // nw, ids % nw]
 
-    def _run_windows(self, tok: torch.Tensor, bidx: torch.Tensor, widx: torch.Tensor, kvs, mods, t_tok, pos_w, halo=None) -> torch.Tensor:
-        """Downstream blocks on gathered window tokens (n, 64, Dd) -> pixels (n, Cz, 16, 16).
+    def _attention_mask(self, win_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """Window self-attention mask (n, 1, 64, 64) from the windows' token masks (n, 64): with token
+        sparsity a token attends to the tokens on its side of the mask; None for window sparsity."""
+        if not self.token_sparse or win_mask is None:
+            return None
+        return (win_mask[:, :, None] == win_mask[:, None, :])[:, None]
+
+    def _token_grid(self, token_mask, b: int, hp: int, wp: int, device) -> torch.Tensor:
+        """The token mask (B, <=Hp/2, <=Wp/2) (None = all active) on the padded token grid (B, Hp/2, Wp/2)."""
+        g2h, g2w = hp // self.down_patch, wp // self.down_patch
+        if token_mask is None:
+            return torch.ones(b, g2h, g2w, dtype=torch.bool, device=device)
+        tm = torch.as_tensor(token_mask, device=device).bool()
+        if tm.ndim != 3 or tm.shape[0] != b or tm.shape[1] > g2h or tm.shape[2] > g2w:
+            raise ValueError(f"token mask {tuple(tm.shape)} does not fit the token grid {(b, g2h, g2w)}")
+        grid = torch.zeros(b, g2h, g2w, dtype=torch.bool, device=device)
+        grid[:, : tm.shape[1], : tm.shape[2]] = tm
+        return grid
+
+    def _run_windows(self, tok: torch.Tensor, bidx: torch.Tensor, widx: torch.Tensor, kvs, mods, t_tok, pos_w, halo=None, attn_mask=None) -> torch.Tensor:
+        """Downstream blocks on whole windows' tokens (n, 64, Dd) -> pixels (n, Cz, 16, 16).
 
         ``bidx``/``widx``: batch item and window position of each row; ``kvs``: per block (B, 2, heads, Nu, d);
-        ``mods``: per-sample modulations (or None with ``t_tok`` (B*nWin, 64) per-token timesteps).
+        ``mods``: per-sample modulations (or None with ``t_tok`` (n, 64) per-token timesteps);
+        ``attn_mask``: (n, 1, 64, 64) bool self-attention mask or None.
         """
         tok = tok + pos_w[widx]
         if mods is None:
@@ -262,13 +304,99 @@ class DualStreamQDM(nn.Module):
             block_mods = [m[bidx] for m in mods[:-1]]
             final_mod = mods[-1][bidx]
         for blk, kv, mod in zip(self.down_blocks, kvs, block_mods):
-            tok = blk(tok, kv, mod, bidx)
+            tok = blk(tok, kv, mod, bidx, attn_mask)
         out = self.down_final(tok, mod=final_mod)  # (n, 64, 4*Cz)
         n, p, s = tok.shape[0], self.down_patch, self.window
         out = out.view(n, s, s, p, p, self.latent_channels).permute(0, 5, 1, 3, 2, 4).reshape(n, self.latent_channels, s * p, s * p)
         if halo is not None:
             out = out + self._detail(halo)  # valid 3x3 convolutions: (16 + 2r) -> 16
         return out
+
+    def _run_tokens(self, patches: torch.Tensor, wid: torch.Tensor, pos: torch.Tensor, layout: TokenLayout, nwin: int,
+                    kvs, mods, t_tok, pos_w) -> torch.Tensor:
+        """Downstream blocks on packed tokens -> (n, p, p, Cz) pixels per token.
+
+        ``patches``: (n, Cin, p, p) the tokens' input patches; ``wid``/``pos``: global window (batch-major)
+        and position in the window of each token; other arguments as in :meth:`_run_windows`.
+        """
+        tok = self.down_embed(patches).flatten(1) + pos_w[wid % nwin, pos]  # (n, Dd)
+        if mods is None:
+            c = self.down_t(t_tok[wid, pos])  # (n, Dd)
+            block_mods = [blk.modulation(c) for blk in self.down_blocks]
+            final_mod = self.down_final.modulation(c)
+        else:  # the chunk is one image's (see _chunks): its modulations broadcast, no per-token copies
+            item = int(layout.batch[0])
+            block_mods = [m[item : item + 1] for m in mods[:-1]]
+            final_mod = mods[-1][item : item + 1]
+        tok = tok[None]  # packed rows: (1, n, Dd); modulations (1, 12Dd) or per token (1, n, 12Dd)
+        for blk, kv, mod in zip(self.down_blocks, kvs, block_mods):
+            tok = blk(tok, kv, mod[None], layout=layout)
+        p = self.down_patch
+        return self.down_final(tok, mod=final_mod[None])[0].view(-1, p, p, self.latent_channels)
+
+    @staticmethod
+    def _chunks(idx: torch.Tensor, nwin: int, chunk_size: int):
+        """Split active window ids (sorted, batch-major) into chunks of at most ``chunk_size`` windows of
+        one image each."""
+        step = max(1, int(chunk_size))
+        _, counts = torch.unique_consecutive(idx // nwin, return_counts=True)
+        for part in torch.split(idx, counts.tolist()):
+            yield from torch.split(part, step)
+
+    def _token_layout(self, sel: torch.Tensor, win_tok: torch.Tensor, nwin: int):
+        """The tokens to compute in active windows ``sel`` (one image's, batch-major ids) -> (window id (n,),
+        position in the window (n,), :class:`TokenLayout`).
+
+        Window sparsity: every token, each window's grid whole. Token sparsity: the active tokens only;
+        windows are grouped by the shortest of :attr:`ATTENTION_LENGTHS` (or the full window) that holds
+        their active tokens, which sit at the front of their window's grid (the rest is masked).
+        """
+        length, dev = self.window**2, sel.device
+        if not self.token_sparse:
+            pos = torch.arange(length, device=dev).repeat(sel.numel())
+            wid = sel.repeat_interleave(length)
+            return wid, pos, TokenLayout([AttentionGroup(0, wid.numel(), None, sel.numel(), length, None)], wid // nwin)
+        wmask = win_tok.index_select(0, sel)  # (nc, 64)
+        counts = wmask.sum(1)
+        rank = torch.cumsum(wmask, 1) - 1  # a token's place among its window's active tokens
+        wids, poss, groups, start, lower = [], [], [], 0, 0
+        for grid_len in [g for g in self.ATTENTION_LENGTHS if g < length] + [length]:
+            here = (counts > lower) & (counts <= grid_len)
+            lower = grid_len
+            if not bool(here.any()):
+                continue
+            m = wmask[here]
+            rows, pos = torch.nonzero(m).unbind(1)
+            key_mask = torch.arange(grid_len, device=dev)[None] < counts[here][:, None]
+            groups.append(AttentionGroup(start, start + rows.numel(), rows * grid_len + rank[here][rows, pos], m.shape[0], grid_len, key_mask))
+            wids.append(sel[here][rows])
+            poss.append(pos)
+            start += rows.numel()
+        wid = torch.cat(wids)
+        return wid, torch.cat(poss), TokenLayout(groups, wid // nwin)
+
+    def _detail_units(self, x: torch.Tensor, t: torch.Tensor, tok_mask: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, int]:
+        """The detail branch on the units (DETAIL_UNIT tokens square) holding an active token -> (pixels
+        (B, Cz, Hp, Wp), zero elsewhere; number of units computed)."""
+        b, _, hp, wp = x.shape
+        u = self.DETAIL_UNIT
+        px = u * self.down_patch
+        units = F.max_pool2d(tok_mask[:, None].float(), u)[:, 0] > 0  # (B, nuh, nuw)
+        ids = torch.nonzero(units)
+        out = x.new_zeros(b, hp // px, wp // px, self.latent_channels, px, px)
+        # the input and timestep channel once, channels-last (B, Hp, Wp, Cin+1): a unit's halo'd block is
+        # gathered as runs of contiguous pixels, already in the layout the convolutions run fastest on;
+        # clamped coordinates are the replicate padding of the dense pass
+        tm = t.view(b, 1, 1, 1).expand(b, hp, wp, 1) if t.ndim == 1 else t.permute(0, 2, 3, 1)
+        z = torch.cat([x.permute(0, 2, 3, 1), tm.to(x.dtype) * self.T_INPUT_SCALE], dim=3)
+        offsets = torch.arange(px + 2 * self.detail_halo, device=x.device) - self.detail_halo
+        step = max(1, int(chunk_size)) * (self.window // u) ** 2  # as many pixels per call as chunk_size windows
+        for start in range(0, ids.shape[0], step):
+            bi, ui, uj = ids[start : start + step].unbind(1)
+            rows = (ui[:, None] * px + offsets).clamp_(0, hp - 1)
+            cols = (uj[:, None] * px + offsets).clamp_(0, wp - 1)
+            out[bi, ui, uj] = self._detail(z[bi[:, None, None], rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2))
+        return out.permute(0, 3, 1, 4, 2, 5).reshape(b, self.latent_channels, hp, wp), int(ids.shape[0])
 
     def _down_setup(self, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor, pos_offset=(0, 0)):
         b, _, hp, wp = x.shape
@@ -283,11 +411,14 @@ class DualStreamQDM(nn.Module):
         return nwin, pos_w, kvs, mods, t_tok
 
     # ------------------------------------------------------------------------------------- forward
-    def forward(self, x_in: torch.Tensor, t, lr: torch.Tensor, pos_offset: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x_in: torch.Tensor, t, lr: torch.Tensor, pos_offset: tuple[int, int] = (0, 0),
+                token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense path: ``(down, up)``, both (B, Cz, h, w); the downstream runs on every window.
 
         ``pos_offset``: (row, column) of the first upstream token in a larger grid. Training on crops draws
         it at random so every position an inference-size image uses has been seen (inference: (0, 0)).
+        ``token_mask``: (B, ceil(h/2), ceil(w/2)) bool; with token sparsity it splits the self-attention
+        (None = all active); window-sparse models ignore it.
         """
         x, t, (h, w) = self._prepare(x_in, t, lr)
         b, _, hp, wp = x.shape
@@ -295,8 +426,12 @@ class DualStreamQDM(nn.Module):
         nwin, pos_w, kvs, mods, t_tok = self._down_setup(x, t, hidden, pos_offset)
         grid = self.down_embed(x)  # (B, Dd, Hp/2, Wp/2), full-image patch embedding
         tok = self._windows(grid, self.window).flatten(2).transpose(1, 2)  # (B*nWin, 64, Dd)
+        attn_mask = None
+        if self.token_sparse and token_mask is not None:
+            tok_mask = self._token_grid(token_mask, b, hp, wp, x.device)
+            attn_mask = self._attention_mask(self._windows(tok_mask[:, None], self.window).flatten(1))
         ids = torch.arange(b * nwin, device=x.device)
-        down = self._run_windows(tok, ids // nwin, ids % nwin, kvs, mods, t_tok, pos_w)
+        down = self._run_windows(tok, ids // nwin, ids % nwin, kvs, mods, t_tok, pos_w, attn_mask=attn_mask)
         down = self._unwindows(down, b, hp, wp)
         if self.detail is not None:  # once over the whole padded image: the same pixels as every window + halo
             down = down + self._detail(self._detail_input(x, t))
@@ -305,56 +440,60 @@ class DualStreamQDM(nn.Module):
         return down[..., :h, :w], up[..., :h, :w]
 
     def forward_sparse(self, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: torch.Tensor | None, chunk_size: int = 64):
-        """Sparse path: ``(down * m + up * (1 - m), info)``; only windows with an active token are computed.
+        """Sparse path: ``(down * m + up * (1 - m), info)``; only windows with an active token are computed
+        (with token sparsity, only their active tokens).
 
         Args:
             token_mask: (B, ceil(h/2), ceil(w/2)) bool (None = all active).
             chunk_size: windows per downstream call (bounds memory).
         Returns:
-            prediction (B, Cz, h, w) and ``{"active_windows", "total_windows", "macs"}``.
+            prediction (B, Cz, h, w) and ``{"active_windows", "total_windows", "active_tokens",
+            "total_tokens", "active_units", "macs"}`` (tokens and detail units actually computed).
         """
         x, t, (h, w) = self._prepare(x_in, t, lr)
         b, _, hp, wp = x.shape
-        g2h, g2w = hp // self.down_patch, wp // self.down_patch
-        if token_mask is None:
-            tok_mask = torch.ones(b, g2h, g2w, dtype=torch.bool, device=x.device)
-        else:
-            tm = torch.as_tensor(token_mask, device=x.device).bool()
-            if tm.shape[0] != b or tm.shape[1] > g2h or tm.shape[2] > g2w:
-                raise ValueError(f"token mask {tuple(tm.shape)} does not fit the token grid {(b, g2h, g2w)}")
-            tok_mask = torch.zeros(b, g2h, g2w, dtype=torch.bool, device=x.device)
-            tok_mask[:, : tm.shape[1], : tm.shape[2]] = tm
+        tok_mask = self._token_grid(token_mask, b, hp, wp, x.device)
         up, hidden = self._upstream(x, t)
-        win_active = self._windows(tok_mask[:, None].float(), self.window).flatten(1).amax(1) > 0  # (B*nWin,)
-        idx = torch.nonzero(win_active).flatten()
+        length, p = self.window**2, self.down_patch
+        win_tok = self._windows(tok_mask[:, None], self.window).flatten(1)  # (B*nWin, 64) bool
+        idx = torch.nonzero(win_tok.any(1)).flatten()
         nwin = (hp // self.win_px) * (wp // self.win_px)
-        pred = up
+        pred, n_tokens, n_units, pairs = up, 0, 0, 0
         if idx.numel() > 0:
             nwin, pos_w, kvs, mods, t_tok = self._down_setup(x, t, hidden)
-            xw = self._windows(x, self.win_px)  # view-based gather source (B*nWin, Cin, 16, 16)
-            down_w = x.new_zeros(b * nwin, self.latent_channels, self.win_px, self.win_px)
-            halo = self._halo_view(x, t) if self.detail is not None else None
-            for start in range(0, idx.numel(), max(1, int(chunk_size))):
-                sel = idx[start : start + max(1, int(chunk_size))]
-                tok = self.down_embed(xw.index_select(0, sel)).flatten(2).transpose(1, 2)
-                tt = None if t_tok is None else t_tok.index_select(0, sel)
-                hs = None if halo is None else self._gather_halo(halo, sel)
-                down_w[sel] = self._run_windows(tok, sel // nwin, sel % nwin, kvs, mods, tt, pos_w, hs)
-            down = self._unwindows(down_w, b, hp, wp)
-            m = F.interpolate(tok_mask[:, None].float(), scale_factor=self.down_patch, mode="nearest") > 0.5
+            # (B*nWin, 8, 8, Cin, p, p) view: every token's input patch, copied only when gathered
+            patches = self._windows(x, self.win_px).unflatten(2, (self.window, p)).unflatten(4, (self.window, p)).permute(0, 2, 4, 1, 3, 5)
+            down_tok = x.new_zeros(b * nwin * length, p, p, self.latent_channels)
+            for sel in self._chunks(idx, nwin, chunk_size):
+                wid, pos, layout = self._token_layout(sel, win_tok, nwin)
+                patch = patches[wid, pos // self.window, pos % self.window]
+                down_tok[wid * length + pos] = self._run_tokens(patch, wid, pos, layout, nwin, kvs, mods, t_tok, pos_w)
+                n_tokens += int(wid.numel())
+                pairs += layout.attention_pairs()
+            s = self.window
+            down = self._unwindows(down_tok.view(b * nwin, s, s, p, p, self.latent_channels).permute(0, 5, 1, 3, 2, 4).reshape(b * nwin, self.latent_channels, s * p, s * p), b, hp, wp)
+            if self.detail is not None:
+                detail, n_units = self._detail_units(x, t, tok_mask, chunk_size)
+                down = down + detail
+            m = F.interpolate(tok_mask[:, None].float(), scale_factor=p, mode="nearest") > 0.5
             pred = torch.where(m, down, up)
         pred = pred + self._skip(x)
         info = {
             "active_windows": int(idx.numel()),
             "total_windows": int(b * nwin),
-            "macs": self.macs((h, w), int(idx.numel()), b, per_token_t=t.ndim == 4),
+            "active_tokens": n_tokens,
+            "total_tokens": int(tok_mask.numel()),
+            "active_units": n_units,
+            "macs": self.macs((h, w), int(idx.numel()), b, per_token_t=t.ndim == 4, active_tokens=n_tokens, active_units=n_units,
+                              attention_pairs=pairs),
         }
         return pred[..., :h, :w], info
 
     def forward_window_loop(self, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
         """The reference implementation's sparse path: a Python loop over batch items and windows that runs
-        the downstream on one active window at a time. Same output as :meth:`forward_sparse` (up to float
-        rounding); kept as its test oracle and as the baseline of the gather benchmark.
+        the downstream on one active window at a time (whole, with the detail branch on its halo'd window).
+        Same output as :meth:`forward_sparse` (up to float rounding); kept as its test oracle and as the
+        baseline of the gather benchmark.
 
         Returns:
             prediction (B, Cz, h, w).
@@ -362,12 +501,7 @@ class DualStreamQDM(nn.Module):
         x, t, (h, w) = self._prepare(x_in, t, lr)
         b, _, hp, wp = x.shape
         s, ts = self.win_px, self.window
-        tok_mask = torch.zeros(b, hp // self.down_patch, wp // self.down_patch, dtype=torch.bool, device=x.device)
-        if token_mask is None:
-            tok_mask[:] = True
-        else:
-            tm = torch.as_tensor(token_mask, device=x.device).bool()
-            tok_mask[:, : tm.shape[1], : tm.shape[2]] = tm
+        tok_mask = self._token_grid(token_mask, b, hp, wp, x.device)
         up, hidden = self._upstream(x, t)
         nwin, pos_w, kvs, mods, t_tok = self._down_setup(x, t, hidden)
         halo = self._halo_view(x, t) if self.detail is not None else None
@@ -383,7 +517,8 @@ class DualStreamQDM(nn.Module):
                 tok = self.down_embed(x[i : i + 1, :, r * s : (r + 1) * s, c * s : (c + 1) * s]).flatten(2).transpose(1, 2)
                 tt = None if t_tok is None else t_tok.index_select(0, sel)
                 hs = None if halo is None else self._gather_halo(halo, sel)
-                down = self._run_windows(tok, sel // nwin, sel % nwin, kvs, mods, tt, pos_w, hs)[0]
+                attn_mask = self._attention_mask(m.reshape(1, -1))
+                down = self._run_windows(tok, sel // nwin, sel % nwin, kvs, mods, tt, pos_w, hs, attn_mask)[0]
                 m_px = m.repeat_interleave(self.down_patch, 0).repeat_interleave(self.down_patch, 1)
                 region = pred[i, :, r * s : (r + 1) * s, c * s : (c + 1) * s]
                 pred[i, :, r * s : (r + 1) * s, c * s : (c + 1) * s] = torch.where(m_px, down, region)
@@ -391,10 +526,14 @@ class DualStreamQDM(nn.Module):
         return pred[..., :h, :w]
 
     # ----------------------------------------------------------------------------------------- MACs
-    def macs(self, latent_hw, active_windows: int, batch: int, per_token_t: bool = False) -> int:
-        """Exact multiply-accumulates of one call: linear layers, convolutions and attention matmuls
-        (QK^T and AV), for the upstream on the padded latent and ``active_windows`` downstream windows.
-        Norms, activations, softmax and the LR resize are not counted (they are not MACs)."""
+    def macs(self, latent_hw, active_windows: int, batch: int, per_token_t: bool = False,
+             active_tokens: int | None = None, active_units: int | None = None, attention_pairs: int | None = None) -> int:
+        """Exact multiply-accumulates of one sparse call: linear layers, convolutions and attention matmuls
+        (QK^T and AV), for the upstream on the padded latent and the downstream on ``active_windows``
+        windows, of which ``active_tokens`` tokens are computed (default: all 64 of each) and
+        ``active_units`` detail units (default: every unit of the windows), with ``attention_pairs``
+        query-key pairs per head in the window self-attention (default: each window's full 64 x 64). Norms, activations, softmax and the LR resize are not
+        counted (they are not MACs)."""
         h, w = int(latent_hw[0]), int(latent_hw[1])
         hp, wp = -(-h // self.multiple) * self.multiple, -(-w // self.multiple) * self.multiple
         cin, cz = self.latent_channels + self.lr_channels, self.latent_channels
@@ -416,26 +555,29 @@ class DualStreamQDM(nn.Module):
             return int(total)
         tw = self.window**2
         a = int(active_windows)
+        n = a * tw if active_tokens is None else int(active_tokens)
+        units = a * (self.window // self.DETAIL_UNIT) ** 2 if active_units is None else int(active_units)
         total += self.down_depth * batch * nu * d * 2 * dd  # K/V of the upstream states, once per call
-        down_cond = a * tw if per_token_t else batch
+        down_cond = n if per_token_t else batch
         total += temb(dd, down_cond)
         total += self.down_depth * down_cond * dd * 12 * dd + down_cond * dd * 2 * dd  # modulations
-        total += a * tw * cin * self.down_patch**2 * dd  # patch embedding of active windows
-        blk = tw * (3 * dd * dd + 2 * tw * dd + dd * dd + 2 * dd * hid_d)  # window attention + MLP
-        blk += tw * (dd * dd + 2 * nu * dd + dd * dd + 2 * dd * hid_d)  # cross-attention + MLP
-        total += self.down_depth * a * blk
-        total += a * tw * dd * self.down_patch**2 * cz  # final layer
-        if self.detail is not None:  # valid 3x3 convolutions per active window: the side shrinks by 2 each
-            fc, side = self.detail_channels, self.win_px + 2 * self.detail_halo
+        total += n * cin * self.down_patch**2 * dd  # patch embedding of the computed tokens
+        per_token = 3 * dd * dd + dd * dd + 2 * dd * hid_d  # window attention projections + MLP
+        per_token += dd * dd + 2 * nu * dd + dd * dd + 2 * dd * hid_d  # cross-attention + MLP
+        pairs = a * tw * tw if attention_pairs is None else int(attention_pairs)
+        total += self.down_depth * (n * per_token + 2 * pairs * dd)  # + QK^T and AV on the windows' grids
+        total += n * dd * self.down_patch**2 * cz  # final layer
+        if self.detail is not None:  # valid 3x3 convolutions per unit: the side shrinks by 2 each
+            fc, side = self.detail_channels, self.DETAIL_UNIT * self.down_patch + 2 * self.detail_halo
             convs = [(cin + 1, fc)] + [(fc, fc)] * (2 * self.detail_blocks + 1) + [(fc, cz)]
             for i, (ci, co) in enumerate(convs, start=1):
-                total += a * 9 * (side - 2 * i) ** 2 * ci * co
+                total += units * 9 * (side - 2 * i) ** 2 * ci * co
         return int(total)
 
     def extra_repr(self) -> str:
         return (f"latent={self.latent_channels}, lr={self.lr_channels}, up={self.hidden}/{self.depth}/{self.heads}, "
                 f"down={self.down_hidden}/{self.down_depth}/{self.down_heads}, window={self.window}x{self.window} tokens, "
-                f"detail={self.detail_channels}x{self.detail_blocks} blocks")
+                f"detail={self.detail_channels}x{self.detail_blocks} blocks, {'token' if self.token_sparse else 'window'} sparsity")
 
 
 def build_qdm(name: str, latent_channels: int, lr_channels: int, **overrides) -> DualStreamQDM:

@@ -30,15 +30,20 @@ def locate_bundle(name: str) -> str:
     return str(found.resolve())
 
 
-def default_output(bundle_dir: Path) -> Path:
-    """``runs/<bundle name>`` in the current folder."""
-    return Path("runs") / Path(bundle_dir).resolve().name
+def default_output(bundle_dir: Path, config: str = "train") -> Path:
+    """``runs/<bundle name>`` in the current folder (``runs/<bundle name>-<config>`` for another config)."""
+    name = Path(bundle_dir).resolve().name
+    return Path("runs") / (name if config == "train" else f"{name}-{config}")
 
 
 def train_bundle(bundle, data=None, corpus: bool = False, max_steps: int | None = None, resume: bool = False, device: str = "auto",
-                 output=None, quiet: bool = False, overrides: dict | None = None, rank: int = 0, world: int = 1) -> dict:
+                 output=None, quiet: bool = False, overrides: dict | None = None, rank: int = 0, world: int = 1,
+                 config: str = "train", init_from=None) -> dict:
     """Train a bundle's stage (VAE or QDM) and write ``<output>/models/model.pt``, ``checkpoint.pt``,
-    ``log.jsonl`` and ``summary.json``. ``overrides`` updates the settings (e.g. ``{"train": {"batch_size": 2}}``)."""
+    ``log.jsonl`` and ``summary.json``. ``overrides`` updates the settings (e.g. ``{"train": {"batch_size": 2}}``).
+
+    ``config`` names the training config, ``configs/<config>.json`` (a bundle trained in stages keeps one per
+    stage); ``init_from`` (a path) overrides its ``train.init_from``, the weights a fine-tune starts from."""
     from qdm_med.inference.volume import resolve_device
     from qdm_med.training.data import build_datasets
     from qdm_med.training.loop import fit
@@ -47,7 +52,11 @@ def train_bundle(bundle, data=None, corpus: bool = False, max_steps: int | None 
     bundle = Path(bundle)
     if not bundle.exists():
         raise ConfigError(f"{bundle}: no such bundle folder")
-    settings = bundle_settings(bundle, "train")
+    if config == "inference":
+        raise ConfigError(f"--config {config}: name a training config of {bundle}/configs, not the inference one")
+    settings = bundle_settings(bundle, config)
+    if init_from is not None:
+        settings["train"] = {**settings["train"], "init_from": str(Path(init_from).resolve())}
     for key, value in (overrides or {}).items():
         settings[key] = {**settings[key], **value} if isinstance(settings.get(key), dict) and isinstance(value, dict) else value
     if max_steps is not None and int(max_steps) < 1:
@@ -58,7 +67,7 @@ def train_bundle(bundle, data=None, corpus: bool = False, max_steps: int | None 
         dev = torch.device("cuda", rank % torch.cuda.device_count())
     if not corpus and data is None and settings["data"].get("kind") != "natural":
         raise ConfigError("no training data: pass --data DIR (HaN-Seg, SegRap2023 or a folder of CT) or --corpus")
-    out = Path(output) if output is not None else default_output(bundle)
+    out = Path(output) if output is not None else default_output(bundle, config)
     if (out / "checkpoint.pt").exists() and not resume and rank == 0:
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --output for a new folder")
     torch.manual_seed(int(settings["seed"]))  # seeded initialisation: the training command reproduces its weights

@@ -44,12 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument("--output")
+    p.add_argument("--config", default="train")
+    p.add_argument("--init-from")
     p.add_argument("-q", "--quiet", action="store_true")
     a = p.parse_args(argv)
     rank, world = init_distributed(a.device)
     try:
         train_bundle(a.bundle, data=a.data, corpus=a.corpus, max_steps=a.max_steps, resume=a.resume, device=a.device,
-                     output=a.output, quiet=a.quiet or rank != 0, rank=rank, world=world)
+                     output=a.output, quiet=a.quiet or rank != 0, rank=rank, world=world, config=a.config, init_from=a.init_from)
     except QDMError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ Optional terms (``train`` settings, all 0 by default):
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,10 @@ class QDMStage:
         t = settings["train"]
         self.l1, self.l2 = (float(w) for w in t["loss_weights"])
         self.train_threshold = float(t["train_threshold"])
+        # token-sparse models learn the split self-attention on masks of these thresholds (one per sample)
+        self.token_mask_thresholds = [float(v) for v in (t.get("token_mask_thresholds") or [self.train_threshold])]
+        if any(not math.isfinite(v) or v < 0 for v in self.token_mask_thresholds):
+            raise ConfigError(f"train.token_mask_thresholds {self.token_mask_thresholds}: thresholds must be >= 0")
         # crops see token positions 0..g-1 only; a random shift of up to pos_jitter upstream tokens lets the
         # model meet every position of an inference-size slice (whose grid is up to g + pos_jitter)
         self.pos_jitter = int(t.get("pos_jitter", 0))
@@ -202,12 +207,21 @@ class QDMStage:
             raise ConfigError(f"train.t_final_prob {self.t_final_prob}: must be in [0, 1]")
         self.lpips = _lpips_module(settings) if self.lpips_weight > 0 else None
         if t.get("init_from"):
-            self._init_from(Path(settings["bundle_dir"]) / t["init_from"])
+            self._init_from(self._resolve_init_from(t["init_from"], settings["bundle_dir"]))
+
+    @staticmethod
+    def _resolve_init_from(value: str, bundle_dir: str) -> Path:
+        """``train.init_from``: absolute, inside the bundle, or else relative to the working folder (where a
+        previous stage's ``runs/`` output is)."""
+        path = Path(value)
+        if path.is_absolute():
+            return path
+        return Path(bundle_dir) / path if (Path(bundle_dir) / path).is_file() else path
 
     def _init_from(self, path: Path) -> None:
         """Start from a trained QDM (a bundle's ``models/model.pt``: the SR module's state dict)."""
         if not path.is_file():
-            raise ConfigError(f"{path}: init_from names no file (a QDM bundle's models/model.pt)")
+            raise ConfigError(f"{path}: init_from names no file (a trained QDM's models/model.pt; a staged recipe's earlier stage writes it)")
         from qdm_med.inference.bundle import read_weights
 
         qdm = {k[len("qdm."):]: v for k, v in read_weights(path).items() if k.startswith("qdm.")}
@@ -241,14 +255,24 @@ class QDMStage:
             t = t.to(hr.device)
             noise = torch.randn(x0.shape, generator=generator).to(x0)
             offset = tuple(int(v) for v in torch.randint(0, self.pos_jitter + 1, (2,), generator=generator)) if self.pos_jitter else (0, 0)
+            token_mask = self._token_masks(lr, generator) if getattr(self.model, "token_sparse", False) else None
         cond = self.model.conditioning(lr, y)
-        kwargs = {"pos_offset": offset} if self.pos_jitter else None
-        out = self.diffusion.training_loss(model, x0, y, cond, mask, t, noise=noise, l1=self.l1, l2=self.l2, model_kwargs=kwargs)
+        kwargs = {"pos_offset": offset} if self.pos_jitter else {}
+        if token_mask is not None:
+            kwargs["token_mask"] = token_mask
+        out = self.diffusion.training_loss(model, x0, y, cond, mask, t, noise=noise, l1=self.l1, l2=self.l2, model_kwargs=kwargs or None)
         loss, logs = out["loss"], {"mse_down": float(out["mse_down"]), "mse_up": float(out["mse_up"])}
         if self.lpips is not None:  # fine-tune term on the decoded downstream prediction
             p = _lpips_loss(self.lpips, self.first_stage.decode(out["down"]).clamp(-1, 1), hr)
             loss, logs["lpips"] = loss + self.lpips_weight * p, float(p.detach())
         return loss, logs
+
+    def _token_masks(self, lr: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(B, h/2, w/2) token masks, sample i at a threshold drawn from ``token_mask_thresholds``."""
+        from qdm_med.quadtree import qdm_masks
+
+        pick = torch.randint(0, len(self.token_mask_thresholds), (lr.shape[0],), generator=generator).tolist()
+        return torch.cat([qdm_masks(lr[i : i + 1], self.token_mask_thresholds[k], self.scale, self.first_stage.factor).token for i, k in enumerate(pick)])
 
     def sr_module(self, qdm: nn.Module):
         from qdm_med.inference.pipeline import QDMSuperResolution

@@ -103,3 +103,20 @@ def test_monai_bundle_run_train_writes_loadable_weights(tmp_path):
     state = torch.load(out / "models" / "model.pt", weights_only=True)
     build_network(bundle).load_state_dict(state, strict=True)
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
+
+
+def test_monai_bundle_run_staged_x8_recipe(tmp_path):
+    """qdm_ct_x8 trains in two stages: train_base.json (window-level) through MONAI's runner writes
+    runs/qdm_ct_x8-train_base, which train.json's token-sparse fine-tune starts from."""
+    bundle = tiny_bundle(tmp_path, "qdm_ct_x8")
+    base_cfg = json.loads((bundle / "configs" / "train_base.json").read_text())
+    cfg = json.loads((REPO / "bundles" / "qdm_ct_x8" / "configs" / "train.json").read_text())
+    assert not base_cfg["model"].get("token_sparse") and cfg["model"]["token_sparse"]
+    assert cfg["train"]["init_from"] == "runs/qdm_ct_x8-train_base/models/model.pt"
+    ct = synthetic_ct(tmp_path / "ct")
+    res = _bundle_run("--config_file", str(bundle / "configs" / "train_base.json"), "--bundle_root", str(bundle), "--data_dir", str(ct),
+                      "--use_corpus", "False", "--max_steps", "2", "--device_name", "cpu", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    base = tmp_path / "runs" / "qdm_ct_x8-train_base" / "models" / "model.pt"
+    state = torch.load(base, weights_only=True)
+    build_network(bundle).load_state_dict(state, strict=True)  # the token-sparse network takes stage 1's weights

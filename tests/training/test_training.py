@@ -299,7 +299,8 @@ def test_bad_lr_schedule_is_a_config_error(tmp_path, ct_folder):
 def test_phases_equal_a_run_resumed_at_each_boundary(tmp_path, ct_folder):
     """One run through ``train.phases`` == stopping at the boundary and resuming with the next phase's config."""
     later = {"preset": {"mix": {"clean": 0.5, "medical": 0.5}}, "lr_schedule": "cosine"}
-    common = {"steps": 6, "warmup": 0, "checkpoint_every": 3, "validate_every": 100, "log_every": 1, "phases": []}  # not the bundle's
+    common = {"steps": 6, "warmup": 0, "checkpoint_every": 3, "validate_every": 100, "log_every": 1, "phases": [],  # not the bundle's
+              "lr_schedule": "constant"}
     phased = tiny_bundle(tmp_path / "phased", "qdm_ct_x8", {"data": {"preset": "bicubic"}, "train": {**common, "phases": [{"until": 3}, later]}})
     train_bundle(phased, data=ct_folder, output=tmp_path / "one", quiet=True, device="cpu")
     first = tiny_bundle(tmp_path / "a", "qdm_ct_x8", {"data": {"preset": "bicubic"}, "train": common})
@@ -351,3 +352,64 @@ def test_t_final_prob_trains_that_share_at_the_prior_step(tmp_path):
     assert torch.equal(t0[:4], torch.randint(0, T, (4,), generator=g))
     with pytest.raises(ConfigError, match="t_final_prob"):
         drawn_steps(1.5)
+
+
+def test_token_sparse_model_trains_on_per_sample_token_masks(tmp_path):
+    """A token-sparse model is called with the quadtree token masks of its LR crops, each sample at a
+    threshold drawn from train.token_mask_thresholds; a window model is called without one."""
+    from qdm_med.quadtree import qdm_masks
+    from qdm_med.training.config import bundle_settings
+    from qdm_med.training.stages import QDMStage
+
+    def calls(model_cfg, train_cfg):
+        bundle = tiny_bundle(tmp_path / str(len(list(tmp_path.iterdir()))), "qdm_ct_x8", {"model": model_cfg, "train": train_cfg})
+        stage = QDMStage(bundle_settings(bundle, "train"))
+        seen = []
+        stage.diffusion.training_loss = lambda model, *a, model_kwargs=None, **kw: seen.append(model_kwargs or {}) or {
+            "loss": torch.zeros(()), "mse_down": torch.zeros(()), "mse_up": torch.zeros(())}
+        lr = torch.zeros(4, 1, 8, 8)
+        lr[:, :, :4, :4] = torch.linspace(-1, 1, 16).view(4, 4) * 0.4  # block ranges 0.05 to 0.35
+        for seed in range(6):
+            stage.loss(stage.model, torch.zeros(4, 1, 64, 64), lr, torch.Generator().manual_seed(seed))
+        return seen, lr
+
+    seen, lr = calls({"config": "tiny", "token_sparse": True}, {"token_mask_thresholds": [0.0, 0.3]})
+    masks = {s: qdm_masks(lr[:1], s, 8, 4).token[0] for s in (0.0, 0.3)}
+    drawn = [next(s for s, m in masks.items() if torch.equal(row, m)) for kw in seen for row in kw["token_mask"]]
+    assert set(drawn) == {0.0, 0.3} and not torch.equal(masks[0.0], masks[0.3])
+    seen, _ = calls({"config": "tiny", "token_sparse": False}, {"token_mask_thresholds": [0.0, 0.3]})
+    assert all("token_mask" not in kw for kw in seen)
+    with pytest.raises(ConfigError, match="token_mask_thresholds"):
+        calls({"config": "tiny", "token_sparse": True}, {"token_mask_thresholds": [-1.0]})
+
+
+def test_staged_recipe_base_config_then_fine_tune_from_its_run(tmp_path, ct_folder, monkeypatch):
+    """``--config train_base`` trains configs/train_base.json into runs/<bundle>-train_base; the fine-tune
+    config names that run in train.init_from (relative to the working folder) or gets it from --init-from."""
+    from qdm_med.training.config import bundle_settings
+    from qdm_med.training.stages import QDMStage
+
+    bundle = tiny_bundle(tmp_path, "qdm_ct_x8", {"model": {"token_sparse": False}})
+    cfg = json.loads((bundle / "configs" / "train.json").read_text())
+    (bundle / "configs" / "train_base.json").write_text(json.dumps(cfg))
+    cfg["model"]["token_sparse"] = True
+    cfg["train"]["init_from"] = "runs/qdm_ct_x8-train_base/models/model.pt"
+    (bundle / "configs" / "train.json").write_text(json.dumps(cfg))
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    missing = runner.invoke(app, ["train", str(bundle), "--data", str(ct_folder), "--max-steps", "1", "-q"])
+    assert missing.exit_code != 0 and "init_from names no file" in missing.output and "train_base" in missing.output
+    base = runner.invoke(app, ["train", str(bundle), "--data", str(ct_folder), "--max-steps", "2", "-q", "--config", "train_base"])
+    assert base.exit_code == 0, base.output
+    weights = tmp_path / "runs" / "qdm_ct_x8-train_base" / "models" / "model.pt"
+    stage = QDMStage(bundle_settings(bundle, "train"))  # train.init_from now resolves in the working folder
+    state = torch.load(weights, weights_only=True)
+    assert stage.model.token_sparse and all(torch.equal(v, state["qdm." + k]) for k, v in stage.model.state_dict().items())
+    moved = tmp_path / "elsewhere.pt"
+    weights.rename(moved)
+    fine = runner.invoke(app, ["train", str(bundle), "--data", str(ct_folder), "--max-steps", "2", "-q", "--init-from", str(moved)])
+    assert fine.exit_code == 0, fine.output
+    assert (tmp_path / "runs" / "qdm_ct_x8" / "models" / "model.pt").is_file()
+    for bad, message in (("inference", "not the inference one"), ("nope", "nope.json: missing")):
+        out = runner.invoke(app, ["train", str(bundle), "--data", str(ct_folder), "--config", bad, "-q"])
+        assert out.exit_code != 0 and message in out.output

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = {
     "model": {"config": "tiny", "cond": "latent"},
     "data": {"hr_size": 64, "crop_size": 32, "val_slices": 2, "val_fraction": 0.34, "holdout": None},
-    "train": {"batch_size": 2, "lr": 1e-3, "checkpoint_every": 2, "validate_every": 3, "log_every": 1, "warmup": 0, "ema_decay": 0.9},
+    "train": {"batch_size": 2, "lr": 1e-3, "checkpoint_every": 2, "validate_every": 3, "log_every": 1, "warmup": 0, "ema_decay": 0.9,
+              "init_from": None},
     "sampling": {"sampler": "tss", "steps": 3, "threshold": 0.15},
 }
 
@@ -25,15 +26,17 @@ def tiny_bundle(dest: Path, name: str, extra: dict | None = None) -> Path:
     the shipped weights (they belong to the full-size network)."""
     out = dest / name
     shutil.copytree(REPO / "bundles" / name, out, ignore=shutil.ignore_patterns("model.pt"))
-    cfg = json.loads((out / "configs" / "train.json").read_text())
-    for key, value in {**TINY, **(extra or {})}.items():
-        if cfg["stage"] == "vae" and key in ("model", "sampling"):
-            continue
-        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
-    if cfg["stage"] == "vae":
-        cfg["first_stage"] = {"kind": "kl_vae", "latent_channels": 3, "channels": [8, 16, 16], "num_res_blocks": 1, "norm_num_groups": 8}
-        cfg["data"]["crop_size"] = 32
-    (out / "configs" / "train.json").write_text(json.dumps(cfg, indent=2))
+    merged = {k: {**TINY[k], **v} if isinstance(v, dict) and k in TINY else v for k, v in (extra or {}).items()}
+    for path in sorted((out / "configs").glob("train*.json")):  # train.json and the stage configs of staged recipes
+        cfg = json.loads(path.read_text())
+        for key, value in {**TINY, **merged}.items():
+            if cfg["stage"] == "vae" and key in ("model", "sampling"):
+                continue
+            cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+        if cfg["stage"] == "vae":
+            cfg["first_stage"] = {"kind": "kl_vae", "latent_channels": 3, "channels": [8, 16, 16], "num_res_blocks": 1, "norm_num_groups": 8}
+            cfg["data"]["crop_size"] = 32
+        path.write_text(json.dumps(cfg, indent=2))
     inf = json.loads((out / "configs" / "inference.json").read_text())
     if "sampling" in inf:
         inf["sampling"] = TINY["sampling"]
