@@ -212,7 +212,7 @@ def threshold_sweep(ctx: BenchContext, thresholds: Sequence[float] = THRESHOLDS)
             row = {"setting": f"s = {s:g}", "threshold": float(s), "path": "sparse", **sparse}
             row.update(
                 density=info["mask_density"], active_windows=info["active_windows"] / max(1, info["total_windows"]),
-                computed_tokens=(info.get("active_tokens") or 0) / max(1, info.get("total_tokens") or 0) if info.get("total_tokens") else None,
+                computed_tokens=info["active_tokens"] / info["total_tokens"] if info.get("total_tokens") else None,
                 gmacs_per_slice=info["macs"] / n / 1e9, **scores,
             )
             row["dense_seconds_per_slice"] = dense["seconds_per_slice"]

@@ -243,18 +243,21 @@ class DualStreamQDM(nn.Module):
     #: the timestep enters the detail branch as an input channel t / 10 (t is an unnormalised step index)
     T_INPUT_SCALE = 0.1
 
-    def _detail_input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """(B, Cin+1, Hp+2r, Wp+2r): the input and timestep channel with a replicate halo of r."""
+    def _t_channel(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(B, 1, Hp, Wp) the detail branch's timestep channel (an expanded view for a per-sample t)."""
         b, _, hp, wp = x.shape
         tm = t.view(b, 1, 1, 1).expand(b, 1, hp, wp) if t.ndim == 1 else t
-        z = torch.cat([x, tm.to(x.dtype) * self.T_INPUT_SCALE], dim=1)
-        r = self.detail_halo
-        return F.pad(z, (r, r, r, r), mode="replicate")
+        return tm.to(x.dtype) * self.T_INPUT_SCALE
 
-    def _halo_view(self, x: torch.Tensor, t: torch.Tensor, size: int | None = None) -> torch.Tensor:
-        """(B, Cin+1, nh, nw, S+2r, S+2r) view: each S x S block's input with its halo (S = ``size`` latent
-        pixels, default a window); an unfold view of the padded input, so blocks are copied only when gathered."""
-        s, r = size or self.win_px, self.detail_halo
+    def _detail_input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(B, Cin+1, Hp+2r, Wp+2r): the input and timestep channel with a replicate halo of r."""
+        r = self.detail_halo
+        return F.pad(torch.cat([x, self._t_channel(x, t)], dim=1), (r, r, r, r), mode="replicate")
+
+    def _halo_view(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(B, Cin+1, nh, nw, 16+2r, 16+2r) view: each window's input with its halo (an unfold view of the
+        padded input: windows are copied only when gathered)."""
+        s, r = self.win_px, self.detail_halo
         return self._detail_input(x, t).unfold(2, s + 2 * r, s).unfold(3, s + 2 * r, s)
 
     def _detail(self, z: torch.Tensor) -> torch.Tensor:
@@ -288,6 +291,11 @@ class DualStreamQDM(nn.Module):
         grid[:, : tm.shape[1], : tm.shape[2]] = tm
         return grid
 
+    def _token_modulations(self, t_tok: torch.Tensor):
+        """Per-token timesteps (...) -> the blocks' and the final layer's modulations (..., 12Dd), (..., 2Dd)."""
+        c = self.down_t(t_tok)
+        return [blk.modulation(c) for blk in self.down_blocks], self.down_final.modulation(c)
+
     def _run_windows(self, tok: torch.Tensor, bidx: torch.Tensor, widx: torch.Tensor, kvs, mods, t_tok, pos_w, halo=None, attn_mask=None) -> torch.Tensor:
         """Downstream blocks on whole windows' tokens (n, 64, Dd) -> pixels (n, Cz, 16, 16).
 
@@ -297,9 +305,7 @@ class DualStreamQDM(nn.Module):
         """
         tok = tok + pos_w[widx]
         if mods is None:
-            c = self.down_t(t_tok)  # (n, 64, Dd)
-            block_mods = [blk.modulation(c) for blk in self.down_blocks]
-            final_mod = self.down_final.modulation(c)
+            block_mods, final_mod = self._token_modulations(t_tok)  # (n, 64, 12Dd), (n, 64, 2Dd)
         else:
             block_mods = [m[bidx] for m in mods[:-1]]
             final_mod = mods[-1][bidx]
@@ -321,9 +327,7 @@ class DualStreamQDM(nn.Module):
         """
         tok = self.down_embed(patches).flatten(1) + pos_w[wid % nwin, pos]  # (n, Dd)
         if mods is None:
-            c = self.down_t(t_tok[wid, pos])  # (n, Dd)
-            block_mods = [blk.modulation(c) for blk in self.down_blocks]
-            final_mod = self.down_final.modulation(c)
+            block_mods, final_mod = self._token_modulations(t_tok[wid, pos])  # (n, 12Dd), (n, 2Dd)
         else:  # the chunk is one image's (see _chunks): its modulations broadcast, no per-token copies
             item = int(layout.batch[0])
             block_mods = [m[item : item + 1] for m in mods[:-1]]
@@ -387,8 +391,7 @@ class DualStreamQDM(nn.Module):
         # the input and timestep channel once, channels-last (B, Hp, Wp, Cin+1): a unit's halo'd block is
         # gathered as runs of contiguous pixels, already in the layout the convolutions run fastest on;
         # clamped coordinates are the replicate padding of the dense pass
-        tm = t.view(b, 1, 1, 1).expand(b, hp, wp, 1) if t.ndim == 1 else t.permute(0, 2, 3, 1)
-        z = torch.cat([x.permute(0, 2, 3, 1), tm.to(x.dtype) * self.T_INPUT_SCALE], dim=3)
+        z = torch.cat([x.permute(0, 2, 3, 1), self._t_channel(x, t).permute(0, 2, 3, 1)], dim=3)
         offsets = torch.arange(px + 2 * self.detail_halo, device=x.device) - self.detail_halo
         step = max(1, int(chunk_size)) * (self.window // u) ** 2  # as many pixels per call as chunk_size windows
         for start in range(0, ids.shape[0], step):
@@ -532,8 +535,8 @@ class DualStreamQDM(nn.Module):
         (QK^T and AV), for the upstream on the padded latent and the downstream on ``active_windows``
         windows, of which ``active_tokens`` tokens are computed (default: all 64 of each) and
         ``active_units`` detail units (default: every unit of the windows), with ``attention_pairs``
-        query-key pairs per head in the window self-attention (default: each window's full 64 x 64). Norms, activations, softmax and the LR resize are not
-        counted (they are not MACs)."""
+        query-key pairs per head in the window self-attention (default: each window's full 64 x 64).
+        Norms, activations, softmax and the LR resize are not counted (they are not MACs)."""
         h, w = int(latent_hw[0]), int(latent_hw[1])
         hp, wp = -(-h // self.multiple) * self.multiple, -(-w // self.multiple) * self.multiple
         cin, cz = self.latent_channels + self.lr_channels, self.latent_channels
