@@ -289,6 +289,7 @@ class ResShiftDiffusion:
         sparse: bool = True,
         progress: Callable[[int, int], None] | None = None,
         chunk_size: int = 64,
+        stochastic: bool = True,
     ) -> tuple[torch.Tensor, dict]:
         """Run the reverse diffusion from the prior at ``y`` to an x0 latent.
 
@@ -303,6 +304,8 @@ class ResShiftDiffusion:
                 respacing to that many steps) or None (every step).
             generator: torch.Generator for the prior and per-step noise (same seed -> same sample).
             progress: called as ``progress(done, total)`` after each step.
+            stochastic: False starts at the prior's mean ``y`` and keeps the posterior means (no noise is
+                drawn: the result does not depend on ``generator``).
 
         Returns:
             (x0 latent (B, Cz, h, w), info) with info keys ``sampler``, ``sampler_params``, ``T``,
@@ -321,7 +324,7 @@ class ResShiftDiffusion:
         if not use_sparse and tok is not None:
             tok_up = F.interpolate(tok[:, None].float(), size=(h, w), mode="nearest") > 0.5
 
-        x = self.prior_sample(y, m, generator=generator)
+        x = self.prior_sample(y, m, generator=generator) if stochastic else y.clone()
         records: list[dict] = []
         n = len(plan)
         for i, step in enumerate(plan):
@@ -342,7 +345,7 @@ class ResShiftDiffusion:
                 pred = down if tok_up is None else torch.where(tok_up, down, up)
                 minfo = {}
             mean, var = self.q_posterior_mean_variance(x, pred, t, t_prev, m)
-            x = mean if i == n - 1 else mean + var.sqrt() * _randn(x, generator)
+            x = mean if i == n - 1 or not stochastic else mean + var.sqrt() * _randn(x, generator)
             record = {"t": _describe(t), "t_prev": _describe(t_prev)}
             for key in ("active_windows", "total_windows", "active_tokens", "total_tokens", "macs"):
                 if minfo and key in minfo:
@@ -369,6 +372,7 @@ class ResShiftDiffusion:
             "total_tokens": total("total_tokens"),
             "macs": total("macs"),
             "sparse": use_sparse,
+            "stochastic": bool(stochastic),
             "diffusion_mask_density": 1.0 if m is None else float(m.mean()),
         }
         return x, info

@@ -4,13 +4,18 @@
 (B, C, h*s, w*s) in [-1, 1]:
 
 1. pad the LR (replicate) so the latent is a multiple of the model stride (cropped back at the end);
-2. bicubic-upsample to HR size and encode: ``y`` (B, Cz, H/4, W/4);
+2. the start of the residual shift at HR size, encoded: ``y`` (B, Cz, H/4, W/4). ``start="bicubic"`` is
+   the paper's bicubic upsampling; ``start="prior"`` the learned prior's prediction (a residual CNN,
+   :mod:`qdm_med.models.prior`), so inactive quadtree sites keep the CNN output; it is a property of how
+   the QDM was trained (the bundle's ``diffusion.start``). ``steps=0`` skips the diffusion and returns the
+   prior's prediction (bicubic without a prior): the deterministic fidelity mode of a bundle with a prior;
 3. QDM masks from the LR (Algorithm 1 at ``threshold``): diffusion mask at latent size, token mask at latent/2;
 4. the sampler's timestep plan (``uniform`` / ``tds`` / ``tss``, ``steps``) and the masked reverse diffusion,
-   sparse by default (only windows with active tokens run the downstream stream);
+   sparse by default (only windows with active tokens run the downstream stream); ``stochastic=False``
+   starts at the prior's mean and takes posterior means (no noise: the same image for any seed);
 5. decode and clamp.
 
-Its ``state_dict()`` (first stage + QDM weights + buffers) is a bundle's ``models/model.pt``; MONAI
+Its ``state_dict()`` (first stage + prior + QDM weights + buffers) is a bundle's ``models/model.pt``; MONAI
 Deploy's bundle operator loads it into ``network_def`` and calls the inferer on it. ``last_info`` holds
 mask density, active windows, MACs (QDM steps + decoder) and timings of the last call.
 """
@@ -26,6 +31,7 @@ import torch.nn.functional as F
 
 from qdm_med.diffusion import SAMPLERS, ResShiftDiffusion, make_plan
 from qdm_med.errors import ConfigError
+from qdm_med.transforms import bicubic_upsample
 from qdm_med.quadtree import qdm_masks
 
 __all__ = ["QDMSuperResolution"]
@@ -44,32 +50,47 @@ class QDMSuperResolution(nn.Module):
         sparse: use the sparse window path (False: dense downstream everywhere, same result on a full mask).
         chunk_size: windows per downstream call.
         sampler_params: extra parameters of the sampler (e.g. TDS ``a``, ``n``).
+        prior: the learned prior (LR -> SR residual CNN) or None.
+        start: ``"prior"`` (default when there is a prior) or ``"bicubic"``: where the residual shift starts.
+        stochastic: draw the prior noise and the per-step noise (False: posterior means only).
     """
 
     def __init__(self, first_stage: nn.Module, qdm: nn.Module, diffusion: ResShiftDiffusion | None = None, scale: int = 8,
                  sampler: str = "tss", steps: int = 7, threshold: float = 0.15, sparse: bool = True, chunk_size: int = 64,
-                 sampler_params: dict | None = None) -> None:
+                 sampler_params: dict | None = None, prior: nn.Module | None = None, start: str | None = None,
+                 stochastic: bool = True) -> None:
         super().__init__()
-        self.first_stage, self.qdm = first_stage, qdm
+        self.first_stage, self.qdm, self.prior = first_stage, qdm, prior
+        self.start = "bicubic" if prior is None else "prior"
+        self.stochastic = bool(stochastic)
         self.diffusion = diffusion if diffusion is not None else ResShiftDiffusion()
         self.scale = int(scale)
         self.in_channels = int(first_stage.in_channels)
         self.sparse, self.chunk_size = bool(sparse), int(chunk_size)
         self.sampler_params = dict(sampler_params or {})
         self.sampler, self.steps, self.threshold = "uniform", 1, 0.0
-        self.configure(steps=steps, sampler=sampler, threshold=threshold)
+        self.configure(steps=steps, sampler=sampler, threshold=threshold, start=start)
         self.last_info: dict = {}
 
-    def configure(self, steps: int | None = None, sampler: str | None = None, threshold: float | None = None) -> None:
+    def configure(self, steps: int | None = None, sampler: str | None = None, threshold: float | None = None, start: str | None = None,
+                  stochastic: bool | None = None) -> None:
         """Change the sampling options (validated: ConfigError with one line)."""
+        if start is not None:
+            if start not in ("prior", "bicubic"):
+                raise ConfigError(f"start {start!r}: use prior or bicubic")
+            if start == "prior" and self.prior is None:
+                raise ConfigError("start 'prior': this model has no learned prior (its bundle has no 'prior' section)")
+            self.start = start
+        if stochastic is not None:
+            self.stochastic = bool(stochastic)
         if sampler is not None:
             if sampler not in SAMPLERS:
                 raise ConfigError(f"sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
             self.sampler = str(sampler)
         if steps is not None:
             T = self.diffusion.num_timesteps
-            if not 1 <= int(steps) <= T:
-                raise ConfigError(f"steps {steps}: must be between 1 and {T} (the trained schedule)")
+            if not 0 <= int(steps) <= T:
+                raise ConfigError(f"steps {steps}: must be between 0 (the start alone: the prior's prediction) and {T} (the trained schedule)")
             self.steps = int(steps)
         if threshold is not None:
             if not math.isfinite(float(threshold)) or float(threshold) < 0:
@@ -80,19 +101,36 @@ class QDMSuperResolution(nn.Module):
     def lr_multiple(self) -> int:
         """LR size multiple that makes the latent a multiple of the model stride."""
         hr_multiple = self.qdm.multiple * self.first_stage.factor
+        if self.prior is not None:
+            hr_multiple = math.lcm(hr_multiple, self.prior.unshuffle)
         return max(1, hr_multiple // math.gcd(hr_multiple, self.scale))
+
+    def start_image(self, lr: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, C, h*s, w*s) in [-1, 1]: the prior's prediction or bicubic (``start``)."""
+        return self.prior(lr) if self.start == "prior" else bicubic_upsample(lr, self.scale).clamp(-1, 1)
 
     def forward(self, lr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, C, h, w) in [-1, 1] -> (B, C, h*s, w*s) in [-1, 1]."""
         if lr.ndim != 4 or lr.shape[1] != self.in_channels:
             raise ValueError(f"expected LR (B, {self.in_channels}, h, w), got {tuple(lr.shape)}")
         b, _, h, w = lr.shape
-        m = self.lr_multiple
+        if self.steps == 0:  # no diffusion: only the prior's own stride matters
+            m = self.prior.lr_multiple if self.prior is not None else 1
+        else:
+            m = self.lr_multiple
         hp, wp = -(-h // m) * m, -(-w // m) * m
         lr_p = F.pad(lr, (0, wp - w, 0, hp - h), mode="replicate") if (hp, wp) != (h, w) else lr
         timings = {}
         t0 = time.perf_counter()
-        up = F.interpolate(lr_p, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(-1, 1)
+        if self.steps == 0:  # no diffusion: the prior's prediction (fidelity mode), deterministic
+            up = self.prior(lr_p) if self.prior is not None else bicubic_upsample(lr_p, self.scale).clamp(-1, 1)
+            timings["prior"] = time.perf_counter() - t0
+            self.last_info = {"sampler": "none", "steps": 0, "start": "prior" if self.prior is not None else "bicubic",
+                              "threshold": self.threshold, "timings": timings, "macs": None}
+            return up[..., : h * self.scale, : w * self.scale]
+        up = self.start_image(lr_p)
+        timings["start"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         y = self.first_stage.encode(up)
         timings["encode"] = time.perf_counter() - t0
         masks = qdm_masks(lr_p, self.threshold, self.scale, self.first_stage.factor)
@@ -101,7 +139,7 @@ class QDMSuperResolution(nn.Module):
         t0 = time.perf_counter()
         x0, info = self.diffusion.sample(
             self.qdm, y, self.qdm.conditioning(lr_p, y), diffusion_mask=masks.diffusion, token_mask=masks.token, timesteps=plan,
-            generator=generator, sparse=self.sparse, chunk_size=self.chunk_size,
+            generator=generator, sparse=self.sparse, chunk_size=self.chunk_size, stochastic=self.stochastic,
         )
         timings["sample"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -111,6 +149,7 @@ class QDMSuperResolution(nn.Module):
         qdm_macs = info.get("macs")
         self.last_info = {
             "sampler": self.sampler, "steps": self.steps, "threshold": self.threshold, "sparse": self.sparse,
+            "start": self.start, "stochastic": self.stochastic,
             "mask_density": float(masks.token.float().mean()),
             "diffusion_mask_density": float(masks.diffusion.float().mean()),
             "active_windows": info.get("active_windows"), "total_windows": info.get("total_windows"),

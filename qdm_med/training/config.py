@@ -13,7 +13,8 @@ from pathlib import Path
 
 from qdm_med.errors import ConfigError
 
-__all__ = ["read_json", "bundle_settings", "build_first_stage_from", "build_qdm_from", "build_diffusion_from", "build_sr_module"]
+__all__ = ["read_json", "bundle_settings", "build_first_stage_from", "build_qdm_from", "build_diffusion_from", "build_prior_from",
+           "diffusion_start", "build_sr_module"]
 
 DEFAULTS = {
     "seed": 0,
@@ -21,7 +22,7 @@ DEFAULTS = {
     "window": [-1024.0, 2048.0],
     "first_stage": {"kind": "pixel_unshuffle"},
     "model": {"config": "cpu_small"},
-    "diffusion": {"T": 15, "kappa": 2.0, "min_noise_level": 0.04, "etas_end": 0.99, "power": 0.3},
+    "diffusion": {"T": 15, "kappa": 2.0, "min_noise_level": 0.04, "etas_end": 0.99, "power": 0.3, "start": "bicubic"},
     "sampling": {"sampler": "tss", "steps": 7, "threshold": 0.15},
     "data": {"kind": "ct", "hr_size": 512, "crop_size": 128, "preset": "medical", "val_fraction": 0.1, "holdout": None,
              "min_foreground": 0.05, "flips": True, "val_slices": 4},
@@ -61,8 +62,8 @@ def bundle_settings(bundle_dir: str | Path, which: str = "train") -> dict:
         out.setdefault(key, value)
     out["bundle_dir"] = str(bundle_dir.resolve())
     out["name"] = bundle_dir.resolve().name
-    if out.get("stage") not in ("vae", "qdm"):
-        raise ConfigError(f"{bundle_dir}: train.json 'stage' must be 'vae' or 'qdm'")
+    if out.get("stage") not in ("vae", "qdm", "prior"):
+        raise ConfigError(f"{bundle_dir}: {which}.json 'stage' must be 'vae', 'qdm' or 'prior'")
     return out
 
 
@@ -108,12 +109,36 @@ def build_diffusion_from(settings: dict):
     return ResShiftDiffusion(Schedule(sqrt_etas), kappa=float(d["kappa"]))
 
 
-def build_sr_module(settings: dict, load_first_stage: bool = False):
-    """The bundle's LR->SR module (:class:`qdm_med.inference.pipeline.QDMSuperResolution`)."""
+SAMPLING_KEYS = ("sampler", "steps", "threshold", "stochastic")
+
+
+def build_prior_from(settings: dict):
+    """The bundle's learned prior (untrained; its weights ship in the SR module's) or None."""
+    from qdm_med.models.prior import build_prior
+
+    return build_prior(settings.get("prior"), int(settings["scale"]), settings["in_channels"])
+
+
+def diffusion_start(settings: dict) -> str:
+    """Where the bundle's residual shift starts (``diffusion.start``): ``prior`` needs a ``prior`` section."""
+    start = str(settings["diffusion"].get("start", "bicubic"))
+    if start not in ("bicubic", "prior"):
+        raise ConfigError(f"{settings.get('name', 'bundle')}: diffusion.start {start!r}: use bicubic or prior")
+    if start == "prior" and (settings.get("prior") or {"kind": "bicubic"}).get("kind", "cnn") != "cnn":
+        raise ConfigError(f"{settings.get('name', 'bundle')}: diffusion.start 'prior' needs a 'prior' section of kind cnn")
+    return start
+
+
+def build_sr_module(settings: dict, load_first_stage: bool = False, qdm=None, first_stage=None, diffusion=None, prior=None):
+    """The bundle's LR->SR module (:class:`qdm_med.inference.pipeline.QDMSuperResolution`); the parts not
+    given are built from the settings (untrained, except a KL-VAE first stage with ``load_first_stage``)."""
     from qdm_med.inference.pipeline import QDMSuperResolution
 
-    fs = build_first_stage_from(settings, load_weights=load_first_stage)
+    fs = first_stage if first_stage is not None else build_first_stage_from(settings, load_weights=load_first_stage)
     s = settings["sampling"]
-    extra = {k: v for k, v in s.items() if k not in ("sampler", "steps", "threshold")}
-    return QDMSuperResolution(fs, build_qdm_from(settings, fs.latent_channels), build_diffusion_from(settings), scale=settings["scale"],
-                              sampler=s["sampler"], steps=s["steps"], threshold=s["threshold"], sampler_params=extra or None)
+    extra = {k: v for k, v in s.items() if k not in SAMPLING_KEYS}
+    return QDMSuperResolution(fs, qdm if qdm is not None else build_qdm_from(settings, fs.latent_channels),
+                              diffusion if diffusion is not None else build_diffusion_from(settings), scale=settings["scale"],
+                              sampler=s["sampler"], steps=s["steps"], threshold=s["threshold"], sampler_params=extra or None,
+                              prior=prior if prior is not None else build_prior_from(settings), start=diffusion_start(settings),
+                              stochastic=bool(s.get("stochastic", True)))

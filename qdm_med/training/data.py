@@ -89,7 +89,7 @@ def build_datasets(settings: dict, data=None, corpus: bool = False):
     from qdm_med.data.slices import NATURAL_TRAIN, NATURAL_VAL
 
     d, seed, scale = settings["data"], int(settings["seed"]), int(settings.get("scale", 1) or 1)
-    stage_scale = scale if settings["stage"] == "qdm" else 4  # the VAE trains on crops; any LR is unused
+    stage_scale = 4 if settings["stage"] == "vae" else scale  # the VAE trains on crops; any LR is unused
     if d.get("kind", "ct") == "natural":
         train = NaturalImageDataset(d.get("train_images") or NATURAL_TRAIN, crop_size=d["crop_size"], length=int(d.get("epoch_length", 2000)), seed=seed)
         val_base = NaturalImageDataset(d.get("val_images") or NATURAL_VAL, crop_size=None, flips=False, seed=seed)
@@ -114,8 +114,8 @@ def build_datasets(settings: dict, data=None, corpus: bool = False):
             picks = np.linspace(0, len(vds) - 1, n).round().astype(int) if n else []
             val_items = [vds[int(i)] for i in picks]
         split = {"train": sorted({r.patient_id for r in tr}), "val": sorted({r.patient_id for r in va})}
-    # validation LR: the fixed medical/natural test degradation, seeded per item
-    test_preset = "natural" if d.get("kind") == "natural" else "medical_test"
+    # validation LR: ``data.val_preset`` (default: the fixed medical/natural test degradation), seeded per item
+    test_preset = d.get("val_preset") or ("natural" if d.get("kind") == "natural" else "medical_test")
     vp = DegradationPipeline(test_preset, stage_scale)
     val = []
     for i, item in enumerate(val_items):

@@ -109,6 +109,17 @@ def _append_log(path: Path, record: dict) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
+def _out_of_time(spent: bool, world: int, budgeted: bool) -> bool:
+    """Whether a time budget is spent; rank 0's clocks decide for every rank (no rank stops alone)."""
+    if world == 1 or not budgeted:
+        return spent
+    import torch.distributed as dist
+
+    flag = torch.tensor([int(spent)])
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
 def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int, resume: bool = False, device: torch.device | str = "cpu",
         quiet: bool = False, rank: int = 0, world: int = 1) -> dict:
     """Train ``stage.model`` for ``max_steps`` steps (total, counting resumed ones); returns a summary dict."""
@@ -158,6 +169,11 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
     log_path = output / "log.jsonl"
     history: list[dict] = []
     t_start, last = time.perf_counter(), {}
+    # time budgets (probes, equal-time comparisons): stop after the step that crosses one, saved. CPU time
+    # of this process is what a comparison on a shared machine should equalise; wall time is the plain cap
+    budget_s = float(t_cfg["max_minutes"]) * 60.0 if t_cfg.get("max_minutes") else math.inf
+    cpu_budget_s = float(t_cfg["max_cpu_minutes"]) * 60.0 if t_cfg.get("max_cpu_minutes") else math.inf
+    cpu_start = time.process_time()
 
     def save(final: bool = False) -> None:
         if not writer:
@@ -194,19 +210,24 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
             last = {"step": step, "loss": float(loss.detach()), "lr": lr_now, "sec_per_step": time.perf_counter() - t0, **logs}
             bar.update(task, advance=1, status=f"loss {last['loss']:.4g}  {1 / max(last['sec_per_step'], 1e-9):.2f} it/s")
             if writer and (step % every_log == 0 or step == max_steps):
-                _append_log(log_path, {**last, "elapsed": time.perf_counter() - t_start})
-            if writer and (step % every_val == 0 or step == max_steps) and val:
+                _append_log(log_path, {**last, "elapsed": time.perf_counter() - t_start, "cpu_s": time.process_time() - cpu_start})
+            out_of_time = _out_of_time(time.perf_counter() - t_start >= budget_s or time.process_time() - cpu_start >= cpu_budget_s, world,
+                                       budget_s < math.inf or cpu_budget_s < math.inf)
+            if writer and (step % every_val == 0 or step == max_steps or out_of_time) and val:
                 ema.shadow.eval()
                 scores = stage.validate(ema.shadow, val, device)
                 history.append({"step": step, **scores})
                 _append_log(log_path, {"step": step, "validation": scores, "elapsed": time.perf_counter() - t_start})
                 logger.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-            if step % every_ck == 0 or step == max_steps:
+            if step % every_ck == 0 or step == max_steps or out_of_time:
                 save()
+            if out_of_time:
+                logger.info("wall-time budget of %.1f min reached at step %d", budget_s / 60, step)
+                break
     if step >= max_steps and not (output / "models" / "model.pt").exists():
         save()
     summary = {"bundle": settings["name"], "stage": stage.name, "steps": step, "final": last, "validation": history,
-               "wall_time_s": time.perf_counter() - t_start, "output": str(output), "world_size": world}
+               "wall_time_s": time.perf_counter() - t_start, "cpu_time_s": time.process_time() - cpu_start, "output": str(output), "world_size": world}
     if writer:
         (output / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary

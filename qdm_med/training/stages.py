@@ -28,8 +28,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from qdm_med.errors import ConfigError
-from qdm_med.metrics import psnr, ssim
-from qdm_med.training.config import build_diffusion_from, build_first_stage_from, build_qdm_from
+from qdm_med.transforms import bicubic_upsample
+from qdm_med.training.config import build_diffusion_from, build_first_stage_from, build_prior_from, build_qdm_from, build_sr_module, diffusion_start
+from qdm_med.training.scores import image_scores
 
 __all__ = ["VAEStage", "QDMStage", "build_stage"]
 
@@ -52,13 +53,6 @@ def _lpips_loss(module, pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     if pred.shape[1] == 1:
         pred, ref = pred.expand(-1, 3, -1, -1), ref.expand(-1, 3, -1, -1)
     return module(pred, ref).mean()
-
-
-def _scores(pred: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    """PSNR/SSIM in the model range [-1, 1] (data range 2; the HU window for CT)."""
-    p, r = pred.float().clamp(-1, 1).cpu().numpy(), ref.float().clamp(-1, 1).cpu().numpy()
-    s = float(np.mean([ssim(p[c], r[c], 2.0) for c in range(p.shape[0])]))
-    return float(psnr(p, r, 2.0)), s
 
 
 class VAEStage:
@@ -170,7 +164,7 @@ class VAEStage:
         scores = []
         for item in val:
             hr = item["hr"][None].to(device)
-            scores.append(_scores(model.decode(model.encode(hr))[0], hr[0]))
+            scores.append(image_scores(model.decode(model.encode(hr))[0], hr[0]))
         return {"val_psnr": float(np.mean([s[0] for s in scores])), "val_ssim": float(np.mean([s[1] for s in scores]))}
 
     def export(self, model: nn.Module) -> dict:
@@ -191,6 +185,10 @@ class QDMStage:
         self.model = build_qdm_from(settings, self.first_stage.latent_channels)
         self.diffusion = build_diffusion_from(settings)
         self.scale = int(settings["scale"])
+        # the learned prior: trained by stage 'prior', frozen here, shipped in the SR module's weights
+        self.prior, self.start = build_prior_from(settings), diffusion_start(settings)
+        if self.prior is not None:
+            self._load_prior(settings)
         t = settings["train"]
         self.l1, self.l2 = (float(w) for w in t["loss_weights"])
         self.train_threshold = float(t["train_threshold"])
@@ -209,6 +207,21 @@ class QDMStage:
         if t.get("init_from"):
             self._init_from(self._resolve_init_from(t["init_from"], settings["bundle_dir"]))
 
+    def _load_prior(self, settings: dict) -> None:
+        from qdm_med.inference.bundle import read_weights
+
+        value = settings["prior"].get("weights")
+        if not value:
+            raise ConfigError(f"{settings['name']}: prior.weights must name the trained prior (a prior-stage run's models/model.pt)")
+        path = self._resolve_init_from(value, settings["bundle_dir"])
+        if not path.is_file():
+            raise ConfigError(f"{path}: prior.weights names no file (run the bundle's prior stage first: --config train_prior)")
+        try:
+            self.prior.load_state_dict(read_weights(path))
+        except RuntimeError as err:
+            raise ConfigError(f"{path}: does not fit this bundle's prior ({' '.join(str(err).split())[:160]})") from None
+        self.prior.eval().requires_grad_(False)
+
     @staticmethod
     def _resolve_init_from(value: str, bundle_dir: str) -> Path:
         """``train.init_from``: absolute, inside the bundle, or else relative to the working folder (where a
@@ -224,7 +237,7 @@ class QDMStage:
             raise ConfigError(f"{path}: init_from names no file (a trained QDM's models/model.pt; a staged recipe's earlier stage writes it)")
         from qdm_med.inference.bundle import read_weights
 
-        qdm = {k[len("qdm."):]: v for k, v in read_weights(path).items() if k.startswith("qdm.")}
+        qdm = {k[len("qdm.") :]: v for k, v in read_weights(path).items() if k.startswith("qdm.")}
         try:
             missing, unexpected = self.model.load_state_dict(qdm, strict=False)
         except RuntimeError as err:  # a shape mismatch
@@ -237,6 +250,8 @@ class QDMStage:
 
     def to(self, device) -> "QDMStage":
         self.first_stage.to(device)
+        if self.prior is not None:
+            self.prior.to(device)
         if self.lpips is not None:
             self.lpips.to(device)
         return self
@@ -245,7 +260,7 @@ class QDMStage:
         from qdm_med.quadtree import qdm_masks
 
         with torch.no_grad():
-            up = F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(-1, 1)
+            up = self.prior(lr) if self.start == "prior" else bicubic_upsample(lr, self.scale).clamp(-1, 1)
             y, x0 = self.first_stage.encode(up), self.first_stage.encode(hr)
             mask = qdm_masks(lr, self.train_threshold, self.scale, self.first_stage.factor).diffusion
             t = torch.randint(0, self.diffusion.num_timesteps, (hr.shape[0],), generator=generator)
@@ -275,12 +290,7 @@ class QDMStage:
         return torch.cat([qdm_masks(lr[i : i + 1], self.token_mask_thresholds[k], self.scale, self.first_stage.factor).token for i, k in enumerate(pick)])
 
     def sr_module(self, qdm: nn.Module):
-        from qdm_med.inference.pipeline import QDMSuperResolution
-
-        s = self.settings["sampling"]
-        extra = {k: v for k, v in s.items() if k not in ("sampler", "steps", "threshold")}
-        return QDMSuperResolution(self.first_stage, qdm, self.diffusion, scale=self.scale, sampler=s["sampler"], steps=s["steps"],
-                                  threshold=s["threshold"], sampler_params=extra or None)
+        return build_sr_module(self.settings, qdm=qdm, first_stage=self.first_stage, diffusion=self.diffusion, prior=self.prior)
 
     @torch.no_grad()
     def validate(self, model: nn.Module, val: list[dict], device) -> dict:
@@ -291,9 +301,9 @@ class QDMStage:
         for i, item in enumerate(val):
             hr, lr = item["hr"][None].to(device), item["lr"][None].to(device)
             out = sr(lr, generator=torch.Generator().manual_seed(i))
-            b = F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(-1, 1)
-            ours.append(_scores(out[0], hr[0]))
-            bic.append(_scores(b[0], hr[0]))
+            b = bicubic_upsample(lr, self.scale).clamp(-1, 1)
+            ours.append(image_scores(out[0], hr[0]))
+            bic.append(image_scores(b[0], hr[0]))
         return {
             "val_psnr": float(np.mean([s[0] for s in ours])), "val_ssim": float(np.mean([s[1] for s in ours])),
             "val_psnr_bicubic": float(np.mean([s[0] for s in bic])), "val_ssim_bicubic": float(np.mean([s[1] for s in bic])),
@@ -304,4 +314,8 @@ class QDMStage:
 
 
 def build_stage(settings: dict):
+    if settings["stage"] == "prior":
+        from qdm_med.training.prior_stage import PriorStage
+
+        return PriorStage(settings)
     return VAEStage(settings) if settings["stage"] == "vae" else QDMStage(settings)

@@ -283,10 +283,12 @@ class RandCleanDownsample(_RandImageTransform):
         scale: downscale factor; H and W of the input must be divisible by it.
         modes / probs: the resamplers and their probabilities.
         gaussian_range: range of the factor on the skimage default sigma.
+        noise_range: white Gaussian noise added to the LR, sigma ~ U(noise_range) in [0, 1] units
+            (CT noise of the acquisition survives downsampling); (0, 0): none, and nothing more is drawn.
     """
 
     def __init__(self, scale: int, modes: Sequence[str] = CLEAN_MODES, probs: Sequence[float] = CLEAN_PROBS,
-                 gaussian_range: Sequence[float] = (0.7, 1.3)) -> None:
+                 gaussian_range: Sequence[float] = (0.7, 1.3), noise_range: Sequence[float] = (0.0, 0.0)) -> None:
         super().__init__(1.0)
         unknown = set(modes) - set(CLEAN_MODES)
         if unknown or len(modes) != len(probs) or not modes:
@@ -294,6 +296,9 @@ class RandCleanDownsample(_RandImageTransform):
         self.scale, self.modes = int(scale), list(modes)
         self.probs = np.asarray(probs, dtype=float) / float(np.sum(probs))
         self.gaussian_range = tuple(gaussian_range)
+        self.noise_range = tuple(float(v) for v in noise_range)
+        if len(self.noise_range) != 2 or not 0.0 <= self.noise_range[0] <= self.noise_range[1]:
+            raise ValueError(f"noise_range {list(noise_range)}: expected (low, high) with 0 <= low <= high")
 
     def randomize(self, data=None) -> None:
         super().randomize(None)
@@ -301,8 +306,18 @@ class RandCleanDownsample(_RandImageTransform):
         self.params = {"mode": mode}
         if mode == "gaussian":
             self.params["sigma"] = float(self.R.uniform(*self.gaussian_range)) * (self.scale - 1) / 2
+        if self.noise_range[1] > 0:  # drawn only then: the noise-free preset keeps its random stream
+            self.params["noise_sigma"] = float(self.R.uniform(*self.noise_range))
+            self.params["noise_seed"] = int(self.R.randint(0, 2**31 - 1))
 
     def apply(self, img: torch.Tensor) -> torch.Tensor:
+        lr = self._downsample(img)
+        if self.params.get("noise_sigma", 0.0) > 0:
+            g = torch.Generator().manual_seed(self.params["noise_seed"])
+            lr = lr + self.params["noise_sigma"] * torch.randn(lr.shape, generator=g, dtype=lr.dtype)
+        return lr
+
+    def _downsample(self, img: torch.Tensor) -> torch.Tensor:
         h, w = img.shape[-2:]
         if h % self.scale or w % self.scale:
             raise ValueError(f"image size {h}x{w} is not divisible by the scale {self.scale}")

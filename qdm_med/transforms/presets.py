@@ -47,11 +47,15 @@ _MEDICAL = dict(
 # The fixed medical test sets: milder blur and Poisson noise, Gaussian noise half the time.
 _MEDICAL_TEST = dict(_MEDICAL, sigma_range=(0.2, 0.8), poisson_scale_range=(0.05, 0.3), gaussian_noise_prob=0.5)
 
+#: sigma range of ``clean_noise`` in [0, 1] units: 0-25 HU on the CT bundles' 3072-HU window (quantum noise
+#: of a CT slice survives downsampling; without it a model mistakes noise for detail and sharpens it)
+CLEAN_NOISE_RANGE = (0.0, 25.0 / 3072.0)
+
 #: Preset name -> parameters. Those without parameters: ``bicubic`` is antialiased bicubic downsampling (no
 #: randomness), ``clean`` draws one common resampler per image (:class:`RandCleanDownsample`), and the
 #: external ones call another library's downsampler (:mod:`qdm_med.transforms.external`; evaluation only).
 PRESETS: dict[str, dict | None] = {
-    "natural": _NATURAL, "medical": _MEDICAL, "medical_test": _MEDICAL_TEST, "bicubic": None, "clean": None,
+    "natural": _NATURAL, "medical": _MEDICAL, "medical_test": _MEDICAL_TEST, "bicubic": None, "clean": None, "clean_noise": None,
     **{kind: None for kind in EXTERNAL_KINDS},
 }
 
@@ -102,6 +106,8 @@ class DegradationPipeline(Randomizable, Transform):
             ]
         elif self.preset == "clean":
             self.stages = [RandCleanDownsample(self.scale)]
+        elif self.preset == "clean_noise":
+            self.stages = [RandCleanDownsample(self.scale, noise_range=CLEAN_NOISE_RANGE)]
         elif self.preset in EXTERNAL_KINDS:
             self.stages = [ExternalDownsample(self.preset, self.scale)]
         self.final = FinalResize(self.scale)
@@ -123,7 +129,7 @@ class DegradationPipeline(Randomizable, Transform):
         h, w = x.shape[-2:]
         if h % self.scale or w % self.scale:
             raise ConfigError(f"image size {h}x{w} is not divisible by the scale {self.scale}")
-        if self.preset == "clean" or self.preset in EXTERNAL_KINDS:  # one resampler does the whole job
+        if self.preset in ("clean", "clean_noise") or self.preset in EXTERNAL_KINDS:  # one resampler does the whole job
             x = self.stages[0](x, randomize=randomize).clamp(0, 1).contiguous()
             self.last_params = [dict(self.stages[0].params)]
             return x

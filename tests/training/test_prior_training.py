@@ -1,0 +1,107 @@
+"""The prior stage (learned residual CNN) and the QDM stage that starts from it; time budgets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from training_doubles import tiny_bundle
+
+from qdm_med.errors import ConfigError
+from qdm_med.training import train_bundle
+from qdm_med.training.config import bundle_settings
+
+PRIOR = {"kind": "cnn", "channels": 8, "blocks": 1, "unshuffle": 4}
+
+
+def _prior_bundle(tmp_path, extra_train=None, extra_data=None):
+    bundle = tiny_bundle(tmp_path, "qdm_ct_x4")
+    cfg = json.loads((bundle / "configs" / "train_prior.json").read_text())
+    cfg["prior"] = PRIOR
+    cfg["data"].update({"crop_size": 32, **(extra_data or {})})
+    cfg["train"].update({"lr": 2e-3, "ema_decay": 0.5, "validate_every": 100, **(extra_train or {})})
+    (bundle / "configs" / "train_prior.json").write_text(json.dumps(cfg))
+    return bundle
+
+
+def _losses(run):
+    return [r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+@pytest.mark.slow
+def test_prior_stage_learns_and_exports_the_prior(tmp_path, ct_folder):
+    # one clean resampler: the synthetic slices' sharp edges are learnable within a few dozen steps
+    bundle = _prior_bundle(tmp_path, {"lr": 3e-3}, {"preset": "bicubic", "val_preset": "bicubic"})
+    summary = train_bundle(bundle, data=ct_folder, max_steps=40, output=tmp_path / "prior", quiet=True, device="cpu", config="train_prior")
+    assert summary["stage"] == "prior" and len(_losses(tmp_path / "prior")) == 40
+    val = summary["validation"][-1]
+    assert val["val_psnr"] > val["val_psnr_bicubic"] + 0.2, val
+    state = torch.load(tmp_path / "prior" / "models" / "model.pt", weights_only=True)
+    assert set(state) == {k for k in state if k.startswith(("body.", "tail."))} and state["tail.weight"].abs().sum() > 0
+
+
+def test_cpu_time_budget_stops_early_and_saves(tmp_path, ct_folder):
+    bundle = _prior_bundle(tmp_path, {"max_cpu_minutes": 1e-6, "checkpoint_every": 1000})
+    summary = train_bundle(bundle, data=ct_folder, max_steps=50, output=tmp_path / "run", quiet=True, device="cpu", config="train_prior")
+    assert summary["steps"] == 1 and summary["cpu_time_s"] > 0
+    assert (tmp_path / "run" / "checkpoint.pt").is_file() and (tmp_path / "run" / "models" / "model.pt").is_file()
+    assert summary["validation"]  # the stopping step is validated too
+
+
+def test_qdm_stage_starts_from_the_frozen_prior_and_ships_it(tmp_path, ct_folder, monkeypatch):
+    from qdm_med.inference.bundle import load_bundle
+    from qdm_med.training.stages import QDMStage
+
+    bundle = _prior_bundle(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    train_bundle(bundle, data=ct_folder, max_steps=3, quiet=True, device="cpu", config="train_prior")
+    prior_weights = tmp_path / "runs" / "qdm_ct_x4-train_prior" / "models" / "model.pt"
+    cfg = json.loads((bundle / "configs" / "train.json").read_text())
+    cfg["prior"] = {**PRIOR, "weights": "runs/qdm_ct_x4-train_prior/models/model.pt"}
+    cfg["diffusion"]["start"] = "prior"
+    cfg["train"]["phases"] = []
+    (bundle / "configs" / "train.json").write_text(json.dumps(cfg))
+    stage = QDMStage(bundle_settings(bundle, "train"))
+    trained = torch.load(prior_weights, weights_only=True)
+    assert all(torch.equal(v, trained[k]) for k, v in stage.prior.state_dict().items())
+    assert not any(p.requires_grad for p in stage.prior.parameters())
+    # the training start y is the prior's prediction
+    seen = {}
+    encode = stage.first_stage.encode
+
+    def spy(x):
+        seen.setdefault("first", x)
+        return encode(x)
+
+    stage.first_stage.encode = spy
+    lr = torch.rand(2, 1, 8, 8) * 2 - 1
+    stage.loss(stage.model, torch.rand(2, 1, 32, 32) * 2 - 1, lr, torch.Generator().manual_seed(0))
+    assert torch.equal(seen["first"], stage.prior(lr))
+    stage.first_stage.encode = encode
+    train_bundle(bundle, data=ct_folder, max_steps=2, quiet=True, device="cpu")
+    shipped = torch.load(tmp_path / "runs" / "qdm_ct_x4" / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(shipped["prior." + k], v) for k, v in trained.items())
+    (bundle / "models").mkdir(exist_ok=True)
+    torch.save(shipped, bundle / "models" / "model.pt")
+    sr = load_bundle(bundle).pipeline
+    assert sr.start == "prior" and torch.equal(sr.prior.tail.weight, trained["tail.weight"])
+    # a missing prior file is a one-line config error that names the stage to run
+    prior_weights.unlink()
+    with pytest.raises(ConfigError, match="train_prior"):
+        QDMStage(bundle_settings(bundle, "train"))
+
+
+def test_prior_stage_config_errors(tmp_path):
+    from qdm_med.training.stages import build_stage
+
+    bundle = _prior_bundle(tmp_path)
+    settings = bundle_settings(bundle, "train_prior")
+    with pytest.raises(ConfigError, match="'prior' section"):
+        build_stage({**settings, "prior": None})
+    with pytest.raises(ConfigError, match="train.loss"):
+        build_stage({**settings, "train": {**settings["train"], "loss": "huber"}})
+    with pytest.raises(ConfigError, match="diffusion.start"):
+        from qdm_med.training.config import diffusion_start
+
+        diffusion_start({**settings, "diffusion": {"start": "noise"}})

@@ -1,0 +1,28 @@
+"""The ``clean_noise`` training preset: a common resampler plus white noise of a drawn sigma, seeded."""
+
+from __future__ import annotations
+
+import torch
+
+from qdm_med.transforms import DegradationPipeline
+from qdm_med.transforms.presets import CLEAN_NOISE_RANGE
+
+
+def test_clean_noise_is_the_clean_resampler_plus_seeded_white_noise():
+    hr = torch.rand(1, 64, 64)
+    noisy, clean = DegradationPipeline("clean_noise", 4), DegradationPipeline("clean", 4)
+    sigmas = []
+    for seed in range(12):
+        noisy.set_random_state(seed=seed)
+        a = noisy(hr)
+        params = noisy.last_params[0]
+        assert CLEAN_NOISE_RANGE[0] <= params["noise_sigma"] <= CLEAN_NOISE_RANGE[1]
+        clean.set_random_state(seed=seed)
+        b = clean(hr)
+        assert clean.last_params[0]["mode"] == params["mode"]  # the noise draws come after the resampler's
+        resid = (a - b)[(b > 0.05) & (b < 0.95)]  # away from the clamp
+        assert abs(float(resid.std()) - params["noise_sigma"]) < 0.25 * params["noise_sigma"] + 1e-4
+        noisy.set_random_state(seed=seed)
+        assert torch.equal(noisy(hr), a)
+        sigmas.append(params["noise_sigma"])
+    assert len(set(sigmas)) == len(sigmas)
