@@ -301,19 +301,24 @@ def train(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps (default: the config's)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in the output folder."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:i."),
-    output: Optional[Path] = typer.Option(None, "--output", help="Run folder (default: runs/<bundle name>, runs/<bundle name>-<config> for another --config)."),
-    config: str = typer.Option("train", "--config", help="Training config of the bundle, configs/<name>.json (e.g. train_base: the first stage of a staged recipe)."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Run folder (default: runs/<bundle name>, runs/<bundle name>-<config> for a stage config; with a staged recipe, the folder that holds the stages' runs)."),
+    config: Optional[str] = typer.Option(None, "--config", help="Train one stage, configs/<name>.json (e.g. train_prior); default: the bundle's whole recipe (train.json's 'recipe'), stage by stage."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Weights to fine-tune from (a run's models/model.pt); overrides the config's train.init_from."),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
-    """Train a bundle (KL-VAE or QDM stage); resumable; use torchrun for several processes."""
-    from qdm_med.training.api import train_bundle
+    """Train a bundle: its whole recipe (prior, QDM stages) or one stage; resumable; use torchrun for several processes."""
+    from qdm_med.training.api import train_bundle, train_recipe
 
     _setup_logging(quiet)
     if data is not None and corpus:
         raise QDMError("give either --data DIR or --corpus, not both")
-    result = train_bundle(bundle, data=data, corpus=corpus, max_steps=max_steps, resume=resume, device=device, output=output, quiet=quiet,
-                          config=config, init_from=init_from)
+    if config is None and init_from is not None:
+        raise QDMError("--init-from sets one stage's starting weights: give --config too")
+    if config is None:
+        result = train_recipe(bundle, data=data, corpus=corpus, max_steps=max_steps, resume=resume, device=device, output=output, quiet=quiet)
+    else:
+        result = train_bundle(bundle, data=data, corpus=corpus, max_steps=max_steps, resume=resume, device=device, output=output, quiet=quiet,
+                              config=config, init_from=init_from)
     if not quiet and isinstance(result, dict):
         _print_json({k: v for k, v in result.items() if not isinstance(v, (list, dict))})
 

@@ -125,8 +125,9 @@ class QDMSuperResolution(nn.Module):
         if self.steps == 0:  # no diffusion: the prior's prediction (fidelity mode), deterministic
             up = self.prior(lr_p) if self.prior is not None else bicubic_upsample(lr_p, self.scale).clamp(-1, 1)
             timings["prior"] = time.perf_counter() - t0
+            macs = self.prior.macs(up.shape[-2:], b) if self.prior is not None else 0
             self.last_info = {"sampler": "none", "steps": 0, "start": "prior" if self.prior is not None else "bicubic",
-                              "threshold": self.threshold, "timings": timings, "macs": None}
+                              "threshold": self.threshold, "timings": timings, "macs_prior": macs, "macs": macs}
             return up[..., : h * self.scale, : w * self.scale]
         up = self.start_image(lr_p)
         timings["start"] = time.perf_counter() - t0
@@ -147,6 +148,7 @@ class QDMSuperResolution(nn.Module):
         timings["decode"] = time.perf_counter() - t0
         decode_macs = int(self.first_stage.decode_macs(lat_hw, b))
         qdm_macs = info.get("macs")
+        prior_macs = self.prior.macs(up.shape[-2:], b) if self.start == "prior" else 0
         self.last_info = {
             "sampler": self.sampler, "steps": self.steps, "threshold": self.threshold, "sparse": self.sparse,
             "start": self.start, "stochastic": self.stochastic,
@@ -154,8 +156,8 @@ class QDMSuperResolution(nn.Module):
             "diffusion_mask_density": float(masks.diffusion.float().mean()),
             "active_windows": info.get("active_windows"), "total_windows": info.get("total_windows"),
             "active_tokens": info.get("active_tokens"), "total_tokens": info.get("total_tokens"),
-            "macs_qdm": qdm_macs, "macs_decode": decode_macs,
-            "macs": None if qdm_macs is None else int(qdm_macs) + decode_macs,
+            "macs_qdm": qdm_macs, "macs_decode": decode_macs, "macs_prior": prior_macs,
+            "macs": None if qdm_macs is None else int(qdm_macs) + decode_macs + prior_macs,
             "timesteps": info.get("timesteps"), "timings": timings,
         }
         return out[..., : h * self.scale, : w * self.scale].clamp(-1, 1)

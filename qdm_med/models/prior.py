@@ -78,6 +78,13 @@ class ResidualCNN(nn.Module):
         f = self.unshuffle
         return f // math.gcd(f, self.scale)
 
+    def macs(self, sr_hw, batch: int = 1) -> int:
+        """Multiply-accumulates of the convolutions for an SR output of size ``sr_hw`` (the bicubic skip and
+        the reshuffles are not counted)."""
+        pixels = (int(sr_hw[0]) // self.unshuffle) * (int(sr_hw[1]) // self.unshuffle)
+        per_pixel = sum(m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] for m in self.modules() if isinstance(m, nn.Conv2d))
+        return int(batch) * pixels * per_pixel
+
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         up = bicubic_upsample(lr, self.scale).clamp(-1, 1)
         h, w = up.shape[-2:]

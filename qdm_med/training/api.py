@@ -11,7 +11,7 @@ import torch
 from qdm_med.errors import ConfigError
 from qdm_med.training.config import bundle_settings
 
-__all__ = ["train_bundle", "locate_bundle", "default_output"]
+__all__ = ["train_bundle", "train_recipe", "recipe_of", "locate_bundle", "default_output"]
 
 logger = logging.getLogger("qdm_med.training")
 
@@ -36,14 +36,89 @@ def default_output(bundle_dir: Path, config: str = "train") -> Path:
     return Path("runs") / (name if config == "train" else f"{name}-{config}")
 
 
+def recipe_of(bundle) -> list[str]:
+    """The training configs a bundle runs in order (``recipe`` in ``configs/train.json``; ``["train"]`` without)."""
+    from qdm_med.training.config import read_json
+
+    recipe = read_json(Path(bundle) / "configs" / "train.json").get("recipe") or ["train"]
+    if not isinstance(recipe, list) or not recipe or not all(isinstance(c, str) for c in recipe) or recipe[-1] != "train":
+        raise ConfigError(f"{bundle}: train.json 'recipe' must list the stage configs in order, ending with 'train' (got {recipe!r})")
+    for name in recipe:
+        if not (Path(bundle) / "configs" / f"{name}.json").is_file():
+            raise ConfigError(f"{bundle}: recipe stage {name!r} has no configs/{name}.json")
+    return recipe
+
+
+def _stage_outputs(bundle: Path, recipe: list[str], output) -> dict[str, Path]:
+    """Run folder of each recipe stage: ``runs/<bundle>[-<config>]`` (under ``output`` when given; a one-stage
+    recipe's run folder is ``output`` itself)."""
+    if output is not None and len(recipe) == 1:
+        return {recipe[0]: Path(output)}
+    outs = {c: default_output(bundle, c) for c in recipe}
+    return outs if output is None else {c: Path(output) / p.name for c, p in outs.items()}
+
+
+def _link_stages(settings: dict, outputs: dict[str, Path]) -> None:
+    """Point a stage's references to earlier stages (``train.init_from``, ``prior.weights``, written as the
+    default ``runs/<bundle>-<config>/...`` paths) at the run folders this recipe actually uses."""
+    name = settings["name"]
+    defaults = {str(Path("runs") / (name if c == "train" else f"{name}-{c}")): out for c, out in outputs.items()}
+
+    def relink(value):
+        if not value:
+            return value
+        for prefix, out in defaults.items():
+            if Path(value).parts[: len(Path(prefix).parts)] == Path(prefix).parts:
+                return str(out / Path(value).relative_to(prefix))
+        return value
+
+    settings["train"]["init_from"] = relink(settings["train"].get("init_from"))
+    if isinstance(settings.get("prior"), dict) and settings["prior"].get("weights"):
+        settings["prior"] = {**settings["prior"], "weights": relink(settings["prior"]["weights"])}
+
+
+def _finished(run: Path, steps: int) -> bool:
+    summary = run / "summary.json"
+    if not summary.is_file():
+        return False
+    import json
+
+    done = json.loads(summary.read_text())
+    return int(done.get("steps", 0)) >= steps
+
+
+def train_recipe(bundle, data=None, corpus: bool = False, max_steps: int | None = None, resume: bool = False, device: str = "auto",
+                 output=None, quiet: bool = False, overrides: dict | None = None, rank: int = 0, world: int = 1) -> dict:
+    """Train a bundle's whole recipe (``recipe_of``): each stage in order, later stages reading earlier
+    stages' weights. ``max_steps`` caps every stage. With ``resume``, finished stages are skipped and the
+    first unfinished one continues from its checkpoint. Returns {"stages": {config: summary}, "output": ...}."""
+    bundle = Path(bundle)
+    if not bundle.exists():
+        raise ConfigError(f"{bundle}: no such bundle folder")
+    recipe = recipe_of(bundle)
+    outputs = _stage_outputs(bundle, recipe, output)
+    done: dict[str, dict] = {}
+    for config in recipe:
+        out = outputs[config]
+        steps = int(max_steps) if max_steps is not None else int(bundle_settings(bundle, config)["train"]["steps"])
+        if resume and _finished(out, steps):
+            logger.info("%s: stage %s already finished in %s", bundle.name, config, out)
+            done[config] = {"skipped": True, "output": str(out)}
+            continue
+        done[config] = train_bundle(bundle, data=data, corpus=corpus, max_steps=max_steps, resume=resume, device=device, output=out,
+                                    quiet=quiet, overrides=overrides, rank=rank, world=world, config=config, stage_outputs=outputs)
+    return {"bundle": bundle.resolve().name, "recipe": recipe, "output": str(outputs[recipe[-1]]), "stages": done}
+
+
 def train_bundle(bundle, data=None, corpus: bool = False, max_steps: int | None = None, resume: bool = False, device: str = "auto",
                  output=None, quiet: bool = False, overrides: dict | None = None, rank: int = 0, world: int = 1,
-                 config: str = "train", init_from=None) -> dict:
+                 config: str = "train", init_from=None, stage_outputs: dict | None = None) -> dict:
     """Train a bundle's stage (VAE or QDM) and write ``<output>/models/model.pt``, ``checkpoint.pt``,
     ``log.jsonl`` and ``summary.json``. ``overrides`` updates the settings (e.g. ``{"train": {"batch_size": 2}}``).
 
     ``config`` names the training config, ``configs/<config>.json`` (a bundle trained in stages keeps one per
-    stage); ``init_from`` (a path) overrides its ``train.init_from``, the weights a fine-tune starts from."""
+    stage); ``init_from`` (a path) overrides its ``train.init_from``, the weights a fine-tune starts from.
+    ``stage_outputs`` (from :func:`train_recipe`) maps the recipe's configs to their run folders."""
     from qdm_med.inference.volume import resolve_device
     from qdm_med.training.data import build_datasets
     from qdm_med.training.loop import fit
@@ -55,6 +130,8 @@ def train_bundle(bundle, data=None, corpus: bool = False, max_steps: int | None 
     if config == "inference":
         raise ConfigError(f"--config {config}: name a training config of {bundle}/configs, not the inference one")
     settings = bundle_settings(bundle, config)
+    if stage_outputs:
+        _link_stages(settings, stage_outputs)
     if init_from is not None:
         settings["train"] = {**settings["train"], "init_from": str(Path(init_from).resolve())}
     for key, value in (overrides or {}).items():

@@ -34,7 +34,7 @@ def init_distributed(device: str = "auto") -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     from qdm_med.errors import QDMError
-    from qdm_med.training.api import train_bundle
+    from qdm_med.training.api import train_bundle, train_recipe
 
     p = argparse.ArgumentParser(prog="python -m qdm_med.training.ddp", description="Data-parallel qdm-med training (run under torchrun).")
     p.add_argument("bundle")
@@ -44,14 +44,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument("--output")
-    p.add_argument("--config", default="train")
+    p.add_argument("--config", default=None, help="one stage config (default: the bundle's whole recipe)")
     p.add_argument("--init-from")
     p.add_argument("-q", "--quiet", action="store_true")
     a = p.parse_args(argv)
     rank, world = init_distributed(a.device)
     try:
-        train_bundle(a.bundle, data=a.data, corpus=a.corpus, max_steps=a.max_steps, resume=a.resume, device=a.device,
-                     output=a.output, quiet=a.quiet or rank != 0, rank=rank, world=world, config=a.config, init_from=a.init_from)
+        common = dict(data=a.data, corpus=a.corpus, max_steps=a.max_steps, resume=a.resume, device=a.device, output=a.output,
+                      quiet=a.quiet or rank != 0, rank=rank, world=world)
+        if a.config is None:
+            if a.init_from:
+                raise QDMError("--init-from sets one stage's starting weights: give --config too")
+            train_recipe(a.bundle, **common)
+        else:
+            train_bundle(a.bundle, config=a.config, init_from=a.init_from, **common)
     except QDMError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -139,7 +139,7 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
     opt = torch.optim.AdamW(params, lr=float(t_cfg["lr"]), weight_decay=float(t_cfg["weight_decay"]))
     ema = EMA(model, float(t_cfg["ema_decay"]))
     gen = torch.Generator().manual_seed(seed * 1000 + rank)
-    step = 0
+    step, cpu_before = 0, 0.0  # CPU seconds of the run's earlier segments (resume)
     if resume and (output / CHECKPOINT).is_file():
         ck = load_checkpoint(output / CHECKPOINT, map_location=device)
         model.load_state_dict(ck["model"])
@@ -148,6 +148,7 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
         if ck.get("extra") is not None and hasattr(stage, "load_extra_state"):
             stage.load_extra_state(ck["extra"])
         step = int(ck["step"])
+        cpu_before = float(ck.get("cpu_time_s", 0.0))
         set_rng_state(ck["rng"][rank] if isinstance(ck["rng"], list) else ck["rng"], gen)
         logger.info("resumed %s at step %d", output / CHECKPOINT, step)
     elif resume:
@@ -170,10 +171,14 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
     history: list[dict] = []
     t_start, last = time.perf_counter(), {}
     # time budgets (probes, equal-time comparisons): stop after the step that crosses one, saved. CPU time
-    # of this process is what a comparison on a shared machine should equalise; wall time is the plain cap
+    # of the run (all its segments) is what a comparison on a shared machine should equalise; wall time
+    # (this segment's) is the plain cap
     budget_s = float(t_cfg["max_minutes"]) * 60.0 if t_cfg.get("max_minutes") else math.inf
     cpu_budget_s = float(t_cfg["max_cpu_minutes"]) * 60.0 if t_cfg.get("max_cpu_minutes") else math.inf
     cpu_start = time.process_time()
+
+    def cpu_time() -> float:
+        return cpu_before + time.process_time() - cpu_start
 
     def save(final: bool = False) -> None:
         if not writer:
@@ -181,7 +186,8 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
         rngs = [rng_state(gen)]
         extra = stage.extra_state() if hasattr(stage, "extra_state") else None
         save_checkpoint(output / CHECKPOINT, {"model": model.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
-                                              "step": step, "rng": rngs[0], "stage": stage.name, "extra": extra})
+                                              "step": step, "rng": rngs[0], "stage": stage.name, "extra": extra,
+                                              "cpu_time_s": cpu_time()})
         save_checkpoint(output / "models" / "model.pt", stage.export(ema.shadow))
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn()]
@@ -210,8 +216,8 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
             last = {"step": step, "loss": float(loss.detach()), "lr": lr_now, "sec_per_step": time.perf_counter() - t0, **logs}
             bar.update(task, advance=1, status=f"loss {last['loss']:.4g}  {1 / max(last['sec_per_step'], 1e-9):.2f} it/s")
             if writer and (step % every_log == 0 or step == max_steps):
-                _append_log(log_path, {**last, "elapsed": time.perf_counter() - t_start, "cpu_s": time.process_time() - cpu_start})
-            out_of_time = _out_of_time(time.perf_counter() - t_start >= budget_s or time.process_time() - cpu_start >= cpu_budget_s, world,
+                _append_log(log_path, {**last, "elapsed": time.perf_counter() - t_start, "cpu_s": cpu_time()})
+            out_of_time = _out_of_time(time.perf_counter() - t_start >= budget_s or cpu_time() >= cpu_budget_s, world,
                                        budget_s < math.inf or cpu_budget_s < math.inf)
             if writer and (step % every_val == 0 or step == max_steps or out_of_time) and val:
                 ema.shadow.eval()
@@ -227,7 +233,7 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
     if step >= max_steps and not (output / "models" / "model.pt").exists():
         save()
     summary = {"bundle": settings["name"], "stage": stage.name, "steps": step, "final": last, "validation": history,
-               "wall_time_s": time.perf_counter() - t_start, "cpu_time_s": time.process_time() - cpu_start, "output": str(output), "world_size": world}
+               "wall_time_s": time.perf_counter() - t_start, "cpu_time_s": cpu_time(), "output": str(output), "world_size": world}
     if writer:
         (output / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary

@@ -39,6 +39,14 @@ def test_plain_stack_has_the_baseline_size():
     assert sum(p.numel() for p in plain.parameters()) == expected
 
 
+def test_prior_macs_equal_the_hook_count():
+    from qdm_med.models.macs import count_macs_hooks
+
+    prior = ResidualCNN(8, channels=8, blocks=2)
+    lr = torch.zeros(2, 1, 6, 10)
+    assert prior.macs((48, 80), batch=2) == count_macs_hooks(prior, lr)
+
+
 def test_build_prior_from_settings_and_errors():
     assert build_prior(None, 4) is None and build_prior({"kind": "bicubic"}, 4) is None
     net = build_prior({"kind": "cnn", "channels": 8, "blocks": 1, "weights": "runs/x/models/model.pt"}, 8)

@@ -47,6 +47,10 @@ def test_cpu_time_budget_stops_early_and_saves(tmp_path, ct_folder):
     assert summary["steps"] == 1 and summary["cpu_time_s"] > 0
     assert (tmp_path / "run" / "checkpoint.pt").is_file() and (tmp_path / "run" / "models" / "model.pt").is_file()
     assert summary["validation"]  # the stopping step is validated too
+    # the budget is the run's CPU time over all its segments: a resumed run that spent it stops after one step
+    again = train_bundle(bundle, data=ct_folder, max_steps=50, output=tmp_path / "run", resume=True, quiet=True, device="cpu",
+                         config="train_prior")
+    assert again["steps"] == 2 and again["cpu_time_s"] > summary["cpu_time_s"]
 
 
 def test_qdm_stage_starts_from_the_frozen_prior_and_ships_it(tmp_path, ct_folder, monkeypatch):
@@ -105,3 +109,64 @@ def test_prior_stage_config_errors(tmp_path):
         from qdm_med.training.config import diffusion_start
 
         diffusion_start({**settings, "diffusion": {"start": "noise"}})
+
+
+def _recipe_bundle(tmp_path):
+    bundle = tiny_bundle(tmp_path, "qdm_ct_x4", recipe=True)
+    cfg = json.loads((bundle / "configs" / "train.json").read_text())
+    cfg["recipe"] = ["train_prior", "train"]
+    cfg["prior"] = {**PRIOR, "weights": "runs/qdm_ct_x4-train_prior/models/model.pt"}
+    cfg["diffusion"]["start"] = "prior"
+    cfg["train"]["phases"] = []
+    (bundle / "configs" / "train.json").write_text(json.dumps(cfg))
+    return bundle
+
+
+def _step(run):
+    from qdm_med.training.checkpoint import load_checkpoint
+
+    return load_checkpoint(run / "checkpoint.pt")["step"]
+
+
+def test_train_without_config_runs_the_whole_recipe_and_resumes(tmp_path, ct_folder, monkeypatch):
+    from typer.testing import CliRunner
+
+    from qdm_med.cli import app
+
+    bundle = _recipe_bundle(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    first = runner.invoke(app, ["train", str(bundle), "--data", str(ct_folder), "--max-steps", "2", "-q"])
+    assert first.exit_code == 0, first.output
+    prior_run, qdm_run = tmp_path / "runs" / "qdm_ct_x4-train_prior", tmp_path / "runs" / "qdm_ct_x4"
+    assert _step(prior_run) == 2 and _step(qdm_run) == 2
+    prior = torch.load(prior_run / "models" / "model.pt", weights_only=True)
+    shipped = torch.load(qdm_run / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(shipped["prior." + k], v) for k, v in prior.items())
+    again = runner.invoke(app, ["train", str(bundle), "--data", str(ct_folder), "--max-steps", "2", "-q"])
+    assert again.exit_code != 0 and "--resume" in again.output
+    resumed = runner.invoke(app, ["train", str(bundle), "--data", str(ct_folder), "--max-steps", "3", "-q", "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert _step(prior_run) == 3 and _step(qdm_run) == 3
+    # a finished stage is skipped on resume: stage 1's files stay as they are
+    before = (prior_run / "checkpoint.pt").stat().st_mtime_ns
+    assert runner.invoke(app, ["train", str(bundle), "--data", str(ct_folder), "--max-steps", "3", "-q", "--resume"]).exit_code == 0
+    assert (prior_run / "checkpoint.pt").stat().st_mtime_ns == before
+
+
+def test_recipe_output_folder_holds_the_stages_and_links_them(tmp_path, ct_folder):
+    from qdm_med.training.api import recipe_of, train_recipe
+
+    bundle = _recipe_bundle(tmp_path)
+    assert recipe_of(bundle) == ["train_prior", "train"]
+    result = train_recipe(bundle, data=ct_folder, max_steps=1, output=tmp_path / "out", quiet=True, device="cpu")
+    assert set(result["stages"]) == {"train_prior", "train"} and result["output"] == str(tmp_path / "out" / "qdm_ct_x4")
+    prior = torch.load(tmp_path / "out" / "qdm_ct_x4-train_prior" / "models" / "model.pt", weights_only=True)
+    shipped = torch.load(tmp_path / "out" / "qdm_ct_x4" / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(shipped["prior." + k], v) for k, v in prior.items())
+    cfg = json.loads((bundle / "configs" / "train.json").read_text())
+    for bad in (["train", "train_prior"], ["train_nope", "train"]):
+        cfg["recipe"] = bad
+        (bundle / "configs" / "train.json").write_text(json.dumps(cfg))
+        with pytest.raises(ConfigError, match="recipe"):
+            recipe_of(bundle)

@@ -21,9 +21,14 @@ TINY = {
 }
 
 
-def tiny_bundle(dest: Path, name: str, extra: dict | None = None) -> Path:
+TINY_PRIOR = {"kind": "cnn", "channels": 8, "blocks": 1}
+
+
+def tiny_bundle(dest: Path, name: str, extra: dict | None = None, recipe: bool = False) -> Path:
     """A copy of ``bundles/<name>`` with tiny model/data settings (``extra`` merged per section) and without
-    the shipped weights (they belong to the full-size network)."""
+    the shipped weights (they belong to the full-size network). Its prior stage (``train_prior.json``) trains
+    a tiny prior; the QDM stages drop the bundle's ``prior`` section and ``recipe`` (so one stage trains on
+    its own) unless ``recipe`` keeps the staged recipe, or ``extra`` sets a prior."""
     out = dest / name
     shutil.copytree(REPO / "bundles" / name, out, ignore=shutil.ignore_patterns("model.pt"))
     merged = {k: {**TINY[k], **v} if isinstance(v, dict) and k in TINY else v for k, v in (extra or {}).items()}
@@ -36,6 +41,14 @@ def tiny_bundle(dest: Path, name: str, extra: dict | None = None) -> Path:
         if cfg["stage"] == "vae":
             cfg["first_stage"] = {"kind": "kl_vae", "latent_channels": 3, "channels": [8, 16, 16], "num_res_blocks": 1, "norm_num_groups": 8}
             cfg["data"]["crop_size"] = 32
+        if cfg.get("prior") and "prior" not in merged:
+            if cfg["stage"] == "prior" or recipe:
+                cfg["prior"] = {**cfg["prior"], **TINY_PRIOR}
+            else:
+                cfg.pop("prior")
+                cfg.get("diffusion", {}).pop("start", None)
+        if not recipe:
+            cfg.pop("recipe", None)
         path.write_text(json.dumps(cfg, indent=2))
     inf = json.loads((out / "configs" / "inference.json").read_text())
     if "sampling" in inf:
