@@ -129,14 +129,14 @@ def degrade_file(
 
     from qdm_med._atomic import atomic_path
     from qdm_med.errors import ConfigError, OutputError
-    from qdm_med.inference import run as jobs
+    from qdm_med.inference import inputs as jobs
 
     if int(scale) not in SCALES:
         raise ConfigError(f"scale {scale}: use one of {', '.join(map(str, SCALES))}")
     scale = int(scale)
     spec = jobs.detect_input(hr)
     out = Path(output)
-    out_fmt = jobs._format_of_output(out)
+    out_fmt = jobs.format_of_output(out)
     if out_fmt is None:
         raise ConfigError(f"{out}: unsupported output type; use .nii.gz, .nrrd, .mha, a folder (DICOM) or .png")
     if (spec.kind == "image") != (out_fmt == "png"):
@@ -144,7 +144,7 @@ def degrade_file(
                           f"{'.png/.jpg/.tif' if spec.kind == 'image' else '.nii.gz/.nrrd/.mha/DICOM folder'} output")
     if out.resolve() == spec.path.resolve():
         raise OutputError(f"{out}: output would overwrite the input")
-    jobs._check_outputs([("output", out)], overwrite)
+    jobs.check_outputs([("output", out)], overwrite)
     if preset != "bicubic":
         from qdm_med.transforms import PRESETS
 
@@ -153,7 +153,7 @@ def degrade_file(
 
     info = {"input": str(spec.path), "output": str(out), "scale": scale, "preset": preset, "seed": int(seed)}
     if spec.kind == "image":
-        img = jobs._load_image(spec.path)
+        img = jobs.load_image_input(spec.path).data
         lr = degrade_image(img, scale, preset=preset, seed=seed, name=str(spec.path))
         with atomic_path(out, overwrite) as tmp:
             from qdm_med.io.images import save_image
@@ -169,7 +169,7 @@ def degrade_file(
     except QDMError:
         raise
     except Exception as err:  # corrupt files surface as library errors
-        raise InputError(f"{spec.path}: cannot read the volume ({jobs._one_line(err)})") from None
+        raise InputError(f"{spec.path}: cannot read the volume ({jobs.one_line(err)})") from None
     if np.asarray(vol.array).ndim != 3:
         raise InputError(f"{spec.path}: {np.asarray(vol.array).ndim}D data is not a CT volume")
     lr_vol = degrade_volume(vol, scale, preset=preset, seed=seed)
