@@ -115,6 +115,7 @@ def degrade_file(
     force: bool = False,
     overwrite: bool = False,
     quiet: bool = True,
+    volume_index: int | None = None,
 ) -> dict:
     """``qdm-med degrade``: read an HR volume or image, degrade it, write the LR version atomically.
 
@@ -165,7 +166,7 @@ def degrade_file(
     from qdm_med.io import load_volume, save_volume, write_dicom_series
 
     try:
-        vol = load_volume(spec.path, series=series, force=force)
+        vol = load_volume(spec.path, series=series, force=force, volume_index=volume_index)
     except QDMError:
         raise
     except Exception as err:  # corrupt files surface as library errors

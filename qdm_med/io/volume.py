@@ -105,8 +105,8 @@ def load_volume(
     Args:
         path: a NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) file, a DICOM file
             (.dcm, or any file with the DICM preamble) or a folder holding a DICOM series.
-        series: for DICOM folders with several series: a SeriesInstanceUID, a unique UID prefix or a
-            SeriesNumber.
+        series: for DICOM folders with several series: a SeriesInstanceUID, a unique UID prefix, a
+            SeriesNumber or a SeriesDescription.
         force: load DICOM data that is otherwise refused (non-CT modality, missing slices) with a warning.
         volume_index: which volume of a 4D file to read (0-based).
     Raises:
