@@ -48,7 +48,8 @@ class Preset(str, Enum):
     skimage_resize_noise = "skimage_resize_noise"
 
 
-SERIES_HELP = "DICOM folder with several series: the one to use, by SeriesNumber, SeriesInstanceUID (or a unique prefix) or SeriesDescription."
+SERIES_HELP = ("DICOM folder with several series: the one to use, by SeriesNumber, SeriesInstanceUID (or a unique prefix) "
+               "or SeriesDescription.")
 FORCE_HELP = "Load DICOM that is otherwise refused (non-CT modality, missing slices), with a warning."
 VOLUME_INDEX_HELP = "4D NIfTI/NRRD: which 3D volume to use (0-based)."
 FILL_HELP = "Replace NaN/inf voxels by this value (HU) instead of refusing the input."
@@ -176,8 +177,8 @@ def degrade(
     from qdm_med.simulate import degrade_file
 
     _setup_logging(quiet)
-    info = degrade_file(hr, output, scale=scale, preset=preset.value, seed=seed, series=series, force=force, overwrite=overwrite, quiet=quiet,
-                        volume_index=volume_index)
+    info = degrade_file(hr, output, scale=scale, preset=preset.value, seed=seed, series=series, force=force, overwrite=overwrite,
+                        quiet=quiet, volume_index=volume_index)
     if not quiet:
         typer.echo(f"wrote {info['output']}: shape {tuple(info['shape'])}, spacing {tuple(round(s, 4) for s in info['spacing'])}")
 
@@ -187,18 +188,28 @@ def _bundle_arg(bundle: Optional[str]):
     return None if bundle in (None, "", "default") else bundle
 
 
-def _command_line() -> str:
-    """The command as typed (for reports)."""
+def _command_line(ctx: typer.Context) -> str:
+    """The running command with its arguments and every option not left at its default (for reports)."""
     import shlex
 
-    args = sys.argv[1:] if sys.argv else []
-    return "qdm-med " + " ".join(shlex.quote(a) for a in args)
+    parts = ["qdm-med", ctx.info_name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(value, Enum):
+            value = value.value
+        if param.param_type_name == "argument":
+            parts.append(shlex.quote(str(value)))
+        elif value is not None and value is not False and value != param.default and param.name != "quiet":
+            opt = max(param.opts, key=len)
+            parts += [opt] if value is True else [opt, shlex.quote(str(value))]
+    return " ".join(parts)
 
 
 
 @app.command()
 @user_errors
 def upscale(
+    ctx: typer.Context,
     input: Path = typer.Argument(..., help="Low-resolution CT (NIfTI/NRRD/MHA/DICOM folder) or image (PNG/JPEG/TIFF)."),
     scale: int = typer.Option(8, "--scale", help="Upscale factor supported by the bundle (4 or 8)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output path (default: <input>_sr_x<scale> next to the input)."),
@@ -231,7 +242,7 @@ def upscale(
         sampler=sampler.value if sampler else None, threshold=threshold, device=device, batch_size=batch_size,
         seed=seed, ref=ref, report=report, preview=preview, quiet=quiet, overwrite=overwrite,
         preview_slice=preview_slice, amp=amp, series=series, force=force, volume_index=volume_index,
-        fill_nonfinite=fill_nonfinite, command_line=_command_line(),
+        fill_nonfinite=fill_nonfinite, command_line=_command_line(ctx),
     )
     if not quiet:
         _summarize(result)
@@ -256,6 +267,7 @@ def _summarize(result: dict) -> None:
 @app.command()
 @user_errors
 def evaluate(
+    ctx: typer.Context,
     hr: Path = typer.Argument(..., help="High-resolution CT volume or image to simulate the LR input from."),
     scale: int = typer.Option(8, "--scale", help="Scale factor (4 or 8)."),
     preset: Preset = typer.Option(Preset.medical_test, "--preset", help="Degradation making the LR input."),
@@ -294,7 +306,7 @@ def evaluate(
         steps=steps, sampler=sampler.value if sampler else None, threshold=threshold, device=device,
         batch_size=batch_size, slices=idx, output=output, quiet=quiet, overwrite=overwrite,
         preview_slice=preview_slice, amp=amp, series=series, force=force, volume_index=volume_index,
-        fill_nonfinite=fill_nonfinite, command_line=_command_line(),
+        fill_nonfinite=fill_nonfinite, command_line=_command_line(ctx),
     )
     if not quiet:
         _summarize(result)

@@ -81,7 +81,9 @@ def resolve_model(bundle, kind: str, scale: int, device: torch.device) -> Resolv
     config = dict(getattr(loaded, "config", None) or {})
     bscale = getattr(loaded, "scale", None) or getattr(pipeline, "scale", None)
     if bscale is not None and int(bscale) != int(scale):
-        raise ConfigError(f"{path or name}: the bundle upscales x{int(bscale)}; x{scale} is not supported (pass a x{scale} bundle with --bundle)")
+        raise ConfigError(
+            f"{path or name}: the bundle upscales x{int(bscale)}; x{scale} is not supported (pass a x{scale} bundle with --bundle)"
+        )
     window = getattr(loaded, "window", None) or DEFAULT_WINDOW
     return ResolvedModel(pipeline, int(scale), (float(window[0]), float(window[1])), name, path, config)
 

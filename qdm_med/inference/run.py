@@ -34,8 +34,15 @@ from qdm_med._atomic import atomic_path
 from qdm_med.errors import ConfigError, InputError
 from qdm_med.inference import outputs as out_
 from qdm_med.inference.inputs import (
-    InputSpec, check_outputs, detect_input, format_of_output, load_image_input, load_reference, load_volume_input,
-    one_line, plan_output,
+    InputSpec,
+    check_outputs,
+    detect_input,
+    format_of_output,
+    load_image_input,
+    load_reference,
+    load_volume_input,
+    one_line,
+    plan_output,
 )
 from qdm_med.inference.resolve import ResolvedModel, apply_overrides, default_bundle_dir, model_threshold, resolve_model
 from qdm_med.inference.volume import DEFAULT_WINDOW, SliceWiseInferencer, resolve_device, upscale_image
