@@ -55,8 +55,10 @@ def _write(result, tmp: Path, fmt: str, scale: int, alpha, bit_depth, geometry_s
     elif fmt == "dicom":
         from qdm_med.io import write_dicom_series
 
+        meta = result.meta if isinstance(result.meta, dict) else {}
         write_dicom_series(result, tmp, scale if geometry_scale is None else geometry_scale, result.dicom_headers,
-                           overwrite=False, description_suffix=f" SR x{scale}", derivation_description=derivation)
+                           overwrite=False, description_suffix=f" SR x{scale}", derivation_description=derivation,
+                           study_template=None if result.dicom_headers is not None else meta.get("dicom_study_template"))
     else:
         from qdm_med.io import save_volume
 

@@ -52,6 +52,15 @@ TYPE2_KEYWORDS = (
     "Laterality",  # Type 2C (paired body parts): empty = unknown, which is what a derived series knows
 )
 
+#: Copied from a study template when the slices are new (a reoriented DICOM source): who and what study the
+#: series belongs to, its frame of reference and equipment.
+STUDY_KEYWORDS = (
+    "SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID",
+    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyDescription", "FrameOfReferenceUID",
+    "PositionReferenceIndicator", "Manufacturer", "ManufacturerModelName", "InstitutionName", "KVP", "BodyPartExamined",
+    "SeriesDescription", "SeriesNumber",
+)
+
 _INT16_MIN, _INT16_MAX = -32768, 32767
 _FALLBACK_RESCALE = (1.0, -1024.0)  # slope, intercept: int16 stores HU -33792..31743
 
@@ -176,6 +185,7 @@ def write_dicom_series(
     description_suffix: str | None = None,
     series_number: int | None = None,
     derivation_description: str | None = None,
+    study_template=None,
 ) -> Path:
     """Write ``vol`` (already upscaled in-plane by ``scale``) as a derived DICOM series in ``out_dir``.
 
@@ -191,6 +201,9 @@ def write_dicom_series(
         description_suffix: appended to SeriesDescription; default ``" SR x{s}"``.
         series_number: SeriesNumber of the new series; default source SeriesNumber + 1000 (1000 without source).
         derivation_description: DerivationDescription text; default names the in-plane super-resolution.
+        study_template: without ``source_headers``, a source Dataset whose patient, study, frame of reference
+            and equipment attributes (:data:`STUDY_KEYWORDS`) the new series keeps (a DICOM source whose
+            slices were reoriented, so no source slice matches an output slice).
     Returns:
         ``out_dir``.
     Raises:
@@ -225,6 +238,10 @@ def write_dicom_series(
         geometry = _geometry_from_affine(out_dir, vol)
         thickness = float(vol.spacing[2])
         template = _minimal_ct_header(vol, generate_uid(), generate_uid(), thickness)
+        if study_template is not None:
+            for keyword in STUDY_KEYWORDS:
+                if keyword in study_template:
+                    setattr(template, keyword, copy.deepcopy(study_template[keyword].value))
         templates = [template] * nz
         rescale = [_FALLBACK_RESCALE] * nz
 
@@ -235,7 +252,8 @@ def write_dicom_series(
         rescale = [_FALLBACK_RESCALE] * nz
         stored = [np.clip(np.rint(x.astype(np.float64) + 1024.0), _INT16_MIN, _INT16_MAX).astype(np.int16) for x in slices_hu]
 
-    source_number = (_as_int(templates[0].get("SeriesNumber")) or 0) if source_headers is not None else 0
+    has_source = source_headers is not None or study_template is not None
+    source_number = (_as_int(templates[0].get("SeriesNumber")) or 0) if has_source else 0
     number = int(series_number) if series_number is not None else source_number + 1000
     suffix = f" SR x{s:g}" if description_suffix is None else description_suffix
     base = str(templates[0].get("SeriesDescription", "") or "")

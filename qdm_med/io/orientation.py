@@ -76,7 +76,10 @@ class AxialFrame:
         array = np.ascontiguousarray(nib.orientations.apply_orientation(np.asarray(vol.array), ornt))
         affine = np.asarray(vol.affine, np.float64) @ nib.orientations.inv_ornt_aff(ornt, vol.array.shape)
         meta = dict(vol.meta) if isinstance(vol.meta, dict) else {}
-        # per-slice DICOM headers describe the source's own slices, not these
+        # per-slice DICOM headers describe the source's own slices, not these; a derived series keeps the
+        # patient, study and frame of reference of the first one
+        if vol.dicom_headers:
+            meta.setdefault("dicom_study_template", vol.dicom_headers[0])
         return dataclasses.replace(vol, array=array, affine=affine, meta=meta, dicom_headers=None)
 
     def to_axial(self, vol):

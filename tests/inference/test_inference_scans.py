@@ -312,3 +312,28 @@ def test_rgba_png_carries_its_alpha(tmp_path):
     rep = run.upscale(tmp_path / "logo.png", tmp_path / "logo.jpg", scale=4, bundle="bicubic", device="cpu", quiet=True)
     assert Image.open(tmp_path / "logo.jpg").mode == "RGB"
     assert any("alpha" in w and "dropped" in w for w in rep["warnings"])
+
+
+def test_sagittal_dicom_series_upscales_axially_and_keeps_its_study(tmp_path):
+    """A sagittal DICOM series (slices along left-right): the axial planes are super-resolved, the NIfTI and
+    the derived DICOM series hold the same world geometry, and the series stays in the source's study."""
+    import pydicom
+
+    from qdm_med.io import load_volume
+
+    write_ct_series(tmp_path / "sag", shape=(12, 10, 4), angles=(-np.pi / 2, 0, np.pi / 2), step=3.0)
+    src = load_volume(tmp_path / "sag")
+    assert "".join(nib.aff2axcodes(src.affine)) == "PIR"
+    kw = dict(scale=4, bundle=FakeLoadedBundle(FakeSRPipeline(4), 4), device="cpu", quiet=True)
+    rep = run.upscale(tmp_path / "sag", tmp_path / "sag.nii.gz", **kw)
+    assert rep["output"]["shape"] == [48, 10, 16]  # A-P and L-R grew, superior-inferior kept
+    run.upscale(tmp_path / "sag", tmp_path / "sag_dcm", **kw)
+    nifti, dicom = load_volume(tmp_path / "sag.nii.gz"), load_volume(tmp_path / "sag_dcm")
+    assert dicom.array.shape == (48, 10, 16)
+    np.testing.assert_allclose(dicom.affine, nifti.affine, atol=1e-3)
+    np.testing.assert_allclose(dicom.array, nifti.array, atol=0.5)
+    first = pydicom.dcmread(sorted((tmp_path / "sag").iterdir())[0], stop_before_pixels=True)
+    out = pydicom.dcmread(sorted((tmp_path / "sag_dcm").iterdir())[0], stop_before_pixels=True)
+    for kw_ in ("PatientID", "StudyInstanceUID", "FrameOfReferenceUID"):
+        assert out[kw_].value == first[kw_].value, kw_
+    assert out.SeriesInstanceUID != first.SeriesInstanceUID and out.SeriesNumber == first.SeriesNumber + 1000
