@@ -166,9 +166,11 @@ def _one_error_line(result) -> str:
     return lines[0]
 
 
-def test_hints_lead_somewhere_series_force_volume_index(tmp_path):
+def test_hints_lead_somewhere_series_force_volume_index(tmp_path, monkeypatch):
     """Every option an error message names exists on upscale and evaluate, and does what it says."""
     import sys
+
+    monkeypatch.setenv("QDM_MED_DATA", str(tmp_path / "no_corpus"))  # LPIPS off: its AlexNet needs larger images
 
     import nibabel as nib
 
@@ -209,7 +211,7 @@ def test_hints_lead_somewhere_series_force_volume_index(tmp_path):
     assert np.all(load_volume(out).array == -500)
 
 
-def test_nan_input_one_line_error_no_output(tmp_path):
+def test_nan_input_one_line_error_no_output(tmp_path, monkeypatch):
     import nibabel as nib
 
     arr = np.full((8, 6, 2), -1000.0, np.float32)

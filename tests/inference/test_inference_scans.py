@@ -192,7 +192,8 @@ def test_dicom_round_trip_keeps_the_floor_and_is_a_complete_ct_series(tmp_path):
 def test_evaluate_slice_subset_keeps_its_geometry(tmp_path):
     hr = _body((32, 24, 6))
     nib.save(nib.Nifti1Image(hr.astype(np.int16), AXIAL_AFFINE), str(tmp_path / "hr.nii.gz"))
-    run.evaluate(tmp_path / "hr.nii.gz", 8, bundle="bicubic", device="cpu", quiet=True, slices=[3, 4], output=tmp_path / "out.nii.gz")
+    run.evaluate(tmp_path / "hr.nii.gz", 8, bundle="bicubic", device="cpu", quiet=True, slices=[3, 4], output=tmp_path / "out.nii.gz",
+                 lpips_weights=tmp_path / "absent.pt")
     out = nib.load(str(tmp_path / "out.nii.gz"))
     assert out.shape == (32, 24, 2)
     # voxel (0, 0, 0) of the output is HR voxel (0, 0, 3): 15 mm above slice 0
@@ -207,7 +208,7 @@ def test_evaluate_on_a_dicom_folder_with_slices_and_dicom_output(tmp_path):
 
     spec = write_ct_series(tmp_path / "hr", shape=(32, 24, 6))
     rep = run.evaluate(tmp_path / "hr", 4, bundle="bicubic", device="cpu", quiet=True, slices=[2, 3], output=tmp_path / "sr",
-                       report=tmp_path / "r.json")
+                       report=tmp_path / "r.json", lpips_weights=tmp_path / "absent.pt")
     assert [r["slice"] for r in rep["metrics"]["model"]["per_slice"]] == [2, 3]
     files = sorted((tmp_path / "sr").iterdir())
     assert len(files) == 2
