@@ -170,6 +170,7 @@ def degrade(
     series: Optional[str] = typer.Option(None, "--series", help=SERIES_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     volume_index: Optional[int] = typer.Option(None, "--volume-index", help=VOLUME_INDEX_HELP),
+    fill_nonfinite: Optional[float] = typer.Option(None, "--fill-nonfinite", help=FILL_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
 ) -> None:
@@ -178,7 +179,7 @@ def degrade(
 
     _setup_logging(quiet)
     info = degrade_file(hr, output, scale=scale, preset=preset.value, seed=seed, series=series, force=force, overwrite=overwrite,
-                        quiet=quiet, volume_index=volume_index)
+                        quiet=quiet, volume_index=volume_index, fill_nonfinite=fill_nonfinite)
     if not quiet:
         typer.echo(f"wrote {info['output']}: shape {tuple(info['shape'])}, spacing {tuple(round(s, 4) for s in info['spacing'])}")
 
@@ -320,13 +321,18 @@ def mask(
     output: Path = typer.Option(..., "-o", "--output", help="PNG picture of the quadtree partition."),
     threshold: float = typer.Option(0.15, "--threshold", help="Quadtree threshold s on the [-1,1] scale."),
     slice_index: Optional[int] = typer.Option(None, "--slice", help="Axial slice (default: most detailed)."),
+    series: Optional[str] = typer.Option(None, "--series", help=SERIES_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    volume_index: Optional[int] = typer.Option(None, "--volume-index", help=VOLUME_INDEX_HELP),
+    fill_nonfinite: Optional[float] = typer.Option(None, "--fill-nonfinite", help=FILL_HELP),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Draw the quadtree partition (active = detail-rich blocks) and report its density."""
     from qdm_med.inference.run import make_mask_picture
 
     _setup_logging(False)
-    info = make_mask_picture(input, threshold, output, slice_index=slice_index, overwrite=overwrite)
+    info = make_mask_picture(input, threshold, output, slice_index=slice_index, overwrite=overwrite, series=series, force=force,
+                             volume_index=volume_index, fill_nonfinite=fill_nonfinite)
     typer.echo(f"wrote {output}: density {float(info.get('density', float('nan'))):.2%} at threshold {threshold}")
 
 

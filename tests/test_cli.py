@@ -231,3 +231,19 @@ def test_nan_input_one_line_error_no_output(tmp_path, monkeypatch):
     assert rep["command_line"] == (f"qdm-med upscale {tmp_path / 'nan.nii.gz'} --scale 4 --bundle bicubic --report {tmp_path / 'r.json'} "
                                    "--fill-nonfinite -1000.0")
     assert any("replaced by -1000" in w for w in rep["warnings"])
+
+
+def test_degrade_non_axial_storage_degrades_the_axial_planes(tmp_path):
+    import nibabel as nib
+
+    arr, affine = _nifti(tmp_path / "axial.nii.gz", shape=(32, 24, 3))
+    p = np.zeros((4, 4))
+    p[3, 3] = p[2, 0] = p[1, 1] = p[0, 2] = 1  # stored (z, y, x)
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(arr.transpose(2, 1, 0)), affine @ p), str(tmp_path / "zyx.nii.gz"))
+    for name in ("axial", "zyx"):
+        r = runner.invoke(app, ["degrade", str(tmp_path / f"{name}.nii.gz"), "-o", str(tmp_path / f"{name}_lr.nii.gz"), "--scale", "4", "-q"])
+        assert r.exit_code == 0, r.output
+    ax, zyx = nib.load(str(tmp_path / "axial_lr.nii.gz")), nib.load(str(tmp_path / "zyx_lr.nii.gz"))
+    assert ax.shape == (8, 6, 3) and zyx.shape == (3, 6, 8)
+    np.testing.assert_array_equal(np.asarray(zyx.dataobj), np.asarray(ax.dataobj).transpose(2, 1, 0))
+    np.testing.assert_allclose(zyx.affine, ax.affine @ p, atol=1e-4)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 
 _SUBMODULES = (
-    "baseline", "bundle", "inputs", "outputs", "pipeline", "preview", "resolve", "run", "runtime", "scoring", "seeding", "tiling",
+    "baseline", "bundle", "inputs", "mask", "outputs", "pipeline", "preview", "resolve", "run", "runtime", "scoring", "seeding", "tiling",
     "volume",
 )
 

@@ -24,7 +24,7 @@ from qdm_med.errors import ConfigError, InputError, OutputError, QDMError
 
 __all__ = [
     "VOLUME_SUFFIXES", "IMAGE_SUFFIXES", "FORMATS", "InputSpec", "ImageInput", "detect_input", "format_of_output",
-    "plan_output", "check_outputs", "one_line", "load_volume_input", "load_image_input", "load_reference",
+    "plan_output", "check_outputs", "one_line", "check_load_options", "load_volume_input", "load_image_input", "load_reference",
 ]
 
 VOLUME_SUFFIXES = {".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "nrrd", ".mha": "mha", ".mhd": "mha", ".dcm": "dicom"}
@@ -234,3 +234,9 @@ def load_reference(spec: InputSpec, fill: float | None = None):
         return load_image_input(spec.path, fill).data
     vol, frame = load_volume_input(spec.path, fill=fill)
     return frame.to_axial(vol)
+
+
+def check_load_options(spec: InputSpec, series, force, volume_index) -> None:
+    """--series/--force/--volume-index are for CT volumes (ConfigError for a picture)."""
+    if spec.kind == "image" and (series is not None or force or volume_index is not None):
+        raise ConfigError(f"{spec.path}: --series, --force and --volume-index apply to CT volumes, not images")

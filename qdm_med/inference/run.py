@@ -10,7 +10,7 @@ non-finite voxels, too oblique), then the bundle and its scale. Every file is wr
 Volumes run in axial storage (:mod:`qdm_med.io.orientation`): a scan stored slice-axis-first or
 sagittal-major is permuted so its slice axis is axis 2, super-resolved, and written back in its own
 storage order and world coordinates. Inputs: :mod:`.inputs`; models: :mod:`.resolve`; writing and the
-report: :mod:`.outputs`. Every warning printed during a job is also in the report's ``warnings``.
+report: :mod:`.outputs`; ``mask``: :mod:`.mask`. Every warning printed during a job is also in the report's ``warnings``.
 
 Models: ``bundle`` is a bundle folder (loaded with :func:`qdm_med.inference.bundle.load_bundle`), None
 for the shipped bundle of the input's kind and scale (``bundles/qdm_ct_x{s}``, ``bundles/qdm_natural_x{s}``
@@ -30,11 +30,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from qdm_med._atomic import atomic_path
 from qdm_med.errors import ConfigError, InputError
 from qdm_med.inference import outputs as out_
 from qdm_med.inference.inputs import (
     InputSpec,
+    check_load_options,
     check_outputs,
     detect_input,
     format_of_output,
@@ -44,8 +44,9 @@ from qdm_med.inference.inputs import (
     one_line,
     plan_output,
 )
+from qdm_med.inference.mask import make_mask_picture
 from qdm_med.inference.resolve import ResolvedModel, apply_overrides, default_bundle_dir, model_threshold, resolve_model
-from qdm_med.inference.volume import DEFAULT_WINDOW, SliceWiseInferencer, resolve_device, upscale_image
+from qdm_med.inference.volume import SliceWiseInferencer, resolve_device, upscale_image
 from qdm_med.reports import collect_warnings
 
 logger = logging.getLogger("qdm_med")
@@ -55,7 +56,7 @@ __all__ = [
     "evaluate", "make_mask_picture",
 ]
 
-# names kept for callers of the former single module (``qdm-med degrade`` in qdm_med.simulate)
+# names kept for callers of the former single module
 _format_of_output, _check_outputs, _one_line = format_of_output, check_outputs, one_line
 
 
@@ -71,11 +72,6 @@ def _check_scale(scale) -> int:
     if s != scale or s < 2:
         raise ConfigError(f"scale {scale!r}: must be an integer >= 2 (4 or 8 for the shipped bundles)")
     return s
-
-
-def _check_load_options(spec: InputSpec, series, force, volume_index) -> None:
-    if spec.kind == "image" and (series is not None or force or volume_index is not None):
-        raise ConfigError(f"{spec.path}: --series, --force and --volume-index apply to CT volumes, not images")
 
 
 def _score(kind, sr, bicubic, ref, window, lpips_weights, device, slices=None) -> dict:
@@ -155,7 +151,7 @@ def _upscale(input, output, scale, bundle, fmt, steps, sampler, threshold, devic
     t_start = time.perf_counter()
     scale = _check_scale(scale)
     spec = detect_input(input)
-    _check_load_options(spec, series, force, volume_index)
+    check_load_options(spec, series, force, volume_index)
     out_path, out_fmt = plan_output(spec, output, fmt, scale)
     report_path = Path(report) if report is not None else None
     preview_path = Path(preview) if preview is not None else None
@@ -312,7 +308,7 @@ def _evaluate(hr, scale, preset, bundle, report, preview, seed, steps, sampler, 
     t_start = time.perf_counter()
     scale = _check_scale(scale)
     spec = detect_input(hr)
-    _check_load_options(spec, series, force, volume_index)
+    check_load_options(spec, series, force, volume_index)
     report_path = Path(report) if report is not None else None
     preview_path = Path(preview) if preview is not None else None
     out_path = out_fmt = None
@@ -423,41 +419,3 @@ def _evaluate(hr, scale, preset, bundle, report, preview, seed, steps, sampler, 
             rep["preview"]["slice"] = ks[rep["preview"]["slice"]]
     rep["timings"]["total"] = time.perf_counter() - t_start
     return _finish(rep, warnings, report_path, overwrite)
-
-
-# ----------------------------------------------------------------------------------------------- mask
-def make_mask_picture(
-    input: str | os.PathLike,
-    threshold: float,
-    output: str | os.PathLike,
-    slice_index: int | None = None,
-    window: Sequence[float] = DEFAULT_WINDOW,
-    overwrite: bool = False,
-) -> dict:
-    """Draw the recursive quadtree partition of an LR slice (or image) at ``threshold`` and write it.
-
-    ``threshold`` is on the model's [-1, 1] scale (SPEC section 2). The reported ``density`` is the
-    fraction of active 2x2-LR-pixel blocks of Algorithm 1 (the model mask for x4 and x8), i.e. the share
-    of the image the sparse model refines. A volume is shown in its axial planes.
-    """
-    from qdm_med.inference.preview import quadtree_picture
-
-    if threshold is None or float(threshold) < 0:
-        raise ConfigError(f"threshold {threshold}: must be >= 0")
-    spec = detect_input(input)
-    out = Path(output)
-    if format_of_output(out) != "png":
-        raise ConfigError(f"{out}: the mask picture is an image; use a .png output")
-    check_outputs([("output", out)], overwrite)
-    if spec.kind == "volume":
-        vol, frame = load_volume_input(spec.path)
-        data = frame.to_axial(vol)
-    else:
-        data = load_image_input(spec.path).data
-    picture, info = quadtree_picture(spec.kind, data, float(threshold), window, slice_index)
-    with atomic_path(out, overwrite) as tmp:
-        from qdm_med.io.images import save_image
-
-        save_image(picture, tmp, overwrite=False)
-    info.update({"input": str(spec.path), "output": str(out), "threshold": float(threshold)})
-    return out_.jsonable(info)
