@@ -187,8 +187,8 @@ def _upscale(input, output, scale, bundle, fmt, steps, sampler, threshold, devic
     t0 = time.perf_counter()
     alpha = bit_depth = None
     if spec.kind == "volume":
-        out_arr = result.array
-        out_.save_result(frame.from_axial(result), out_path, out_fmt, scale, overwrite)
+        out_arr, final = result.array, frame.from_axial(result)
+        out_.save_result(final, out_path, out_fmt, scale, overwrite)
     else:
         out_arr = result
         alpha, bit_depth = _picture_extras(picture, scale, out_path)
@@ -200,7 +200,7 @@ def _upscale(input, output, scale, bundle, fmt, steps, sampler, threshold, devic
     rep.update(out_.model_section(model, stats, thr, {"steps": steps, "sampler": sampler}))
     if spec.kind == "volume":
         rep["input"] = out_.volume_summary(source, spec.path, spec.fmt, frame=frame, hu_range=True)
-        rep["output"] = out_.volume_summary(frame.from_axial(result), out_path, out_fmt, hu_range=True)
+        rep["output"] = out_.volume_summary(final, out_path, out_fmt, hu_range=True)
     else:
         rep["input"] = {"path": str(spec.path), "format": "image", "shape": list(data.shape), "bit_depth": picture.bit_depth,
                         "alpha": picture.alpha is not None}

@@ -159,3 +159,15 @@ def test_alpha_and_bit_depth_round_trip(tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "g16b.png")), g16)
     with pytest.raises(OutputError, match="alpha"):
         save_image(arr, tmp_path / "x.jpg", alpha=np.ones((3, 4)))
+
+
+def test_16_bit_colour_png_says_it_is_read_with_8_bits(tmp_path, qdm_warnings):
+    import SimpleITK as sitk
+
+    from qdm_med.io.images import load_image
+
+    rgb16 = (np.random.RandomState(0).rand(6, 8, 3) * 65535).astype(np.uint16)
+    sitk.WriteImage(sitk.GetImageFromArray(rgb16, isVector=True), str(tmp_path / "rgb16.png"))
+    arr, info = load_image(tmp_path / "rgb16.png", return_info=True)
+    assert arr.shape == (3, 6, 8) and info["bit_depth"] == 8
+    assert any("16-bit colour PNG read with 8 bits" in m and "rgb16.png" in m for m in qdm_warnings())
