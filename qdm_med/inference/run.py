@@ -51,6 +51,8 @@ from qdm_med.reports import collect_warnings
 
 logger = logging.getLogger("qdm_med")
 
+LPIPS_MIN_SIZE = 32  # smallest image side the AlexNet LPIPS can score
+
 __all__ = [
     "InputSpec", "ResolvedModel", "detect_input", "plan_output", "resolve_model", "default_bundle_dir", "upscale",
     "evaluate", "make_mask_picture",
@@ -79,6 +81,11 @@ def _score(kind, sr, bicubic, ref, window, lpips_weights, device, slices=None) -
     from qdm_med.inference.scoring import SliceScorer, default_lpips_path, load_lpips_or_none
 
     lp = load_lpips_or_none(lpips_weights, device)
+    plane = ref.shape[:2] if kind == "volume" else ref.shape[-2:]
+    if lp is not None and min(plane) < LPIPS_MIN_SIZE:  # AlexNet's pooling needs 32 x 32 pixels
+        logger.warning("LPIPS not computed: images of %s pixels are below its %d x %d minimum", "x".join(map(str, plane)),
+                       LPIPS_MIN_SIZE, LPIPS_MIN_SIZE)
+        lp = None
     scorer = SliceScorer(window, lp, device)
     out: dict[str, Any] = {"window": list(window), "lpips_weights": str(lpips_weights or default_lpips_path()) if lp is not None else None}
     for name, pred in (("model", sr), ("bicubic", bicubic)):

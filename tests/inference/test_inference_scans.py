@@ -338,3 +338,17 @@ def test_sagittal_dicom_series_upscales_axially_and_keeps_its_study(tmp_path):
     for kw_ in ("PatientID", "StudyInstanceUID", "FrameOfReferenceUID"):
         assert out[kw_].value == first[kw_].value, kw_
     assert out.SeriesInstanceUID != first.SeriesInstanceUID and out.SeriesNumber == first.SeriesNumber + 1000
+
+
+def test_small_images_skip_lpips_with_a_warning(tmp_path):
+    """LPIPS weights present but a 24 x 16 evaluation: the scores say unavailable, the report says why."""
+    from qdm_med.inference.scoring import default_lpips_path
+    from qdm_med.metrics.lpips_offline import load_lpips
+
+    weights = default_lpips_path()
+    if load_lpips(weights) is None:
+        pytest.skip("LPIPS weights not fetched (qdm-med data fetch)")
+    nib.save(nib.Nifti1Image(_body((24, 16, 2)).astype(np.int16), AXIAL_AFFINE), str(tmp_path / "small.nii.gz"))
+    rep = run.evaluate(tmp_path / "small.nii.gz", 4, bundle="bicubic", device="cpu", quiet=True, lpips_weights=weights)
+    assert rep["metrics"]["model"]["overall"]["lpips"] == "unavailable" and rep["metrics"]["lpips_weights"] is None
+    assert any("LPIPS not computed" in w for w in rep["warnings"])
