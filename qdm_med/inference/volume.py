@@ -106,7 +106,7 @@ class SliceWiseInferencer:
             (an ``SRPipeline``; its ``size_multiple`` and ``last_info`` are used when present).
         scale: in-plane factor s.
         window: (hu_min, hu_max) model window.
-        batch_size: slices per call.
+        batch_size: slices per batch (windowing, merge; model calls too when ``seed`` is None).
         tile_size: LR tile size (pixels) above which slices are tiled; None never tiles.
         tile_overlap: LR overlap of neighbouring tiles.
         device: "auto" | "cpu" | "cuda" | "cuda:N" | torch.device. An ``nn.Module`` sr_fn is moved there.
