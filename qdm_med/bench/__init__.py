@@ -58,8 +58,7 @@ def run_bench(
     from qdm_med.bench import suites as S
     from qdm_med.errors import ConfigError
     from qdm_med.inference.run import default_bundle_dir
-    from qdm_med.inference.runtime import progress_bar as _progress
-    from qdm_med.inference.volume import resolve_device
+    from qdm_med.inference.volume import _progress, resolve_device
     from qdm_med.reports.json_report import to_jsonable
 
     chosen = list(SUITES if not suites else suites)

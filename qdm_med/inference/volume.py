@@ -66,6 +66,8 @@ __all__ = [
     "DEFAULT_WINDOW",
 ]
 
+_progress = progress_bar  # the name qdm_med.bench imports
+
 #: Model window in HU (CONTRACT: [-1024, 2048] -> [-1, 1]).
 DEFAULT_WINDOW: tuple[float, float] = (-1024.0, 2048.0)
 
