@@ -48,6 +48,13 @@ class Preset(str, Enum):
     skimage_resize_noise = "skimage_resize_noise"
 
 
+SERIES_HELP = ("DICOM folder with several series: the one to use, by SeriesNumber, SeriesInstanceUID (or a unique prefix) "
+               "or SeriesDescription.")
+FORCE_HELP = "Load DICOM that is otherwise refused (non-CT modality, missing slices), with a warning."
+VOLUME_INDEX_HELP = "4D NIfTI/NRRD: which 3D volume to use (0-based)."
+FILL_HELP = "Replace NaN/inf voxels by this value (HU) instead of refusing the input."
+
+
 class SamplerName(str, Enum):
     uniform = "uniform"
     tds = "tds"
@@ -160,8 +167,10 @@ def degrade(
     scale: int = typer.Option(4, "--scale", help="In-plane downscale factor: 2, 4 or 8."),
     preset: Preset = typer.Option(Preset.medical_test, "--preset", help="Degradation: medical, medical_test, natural, bicubic, or clean (a random common resampler, no noise)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random degradation (slice k uses seed + k)."),
-    series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID when a DICOM folder holds several."),
-    force: bool = typer.Option(False, "--force", help="Accept non-CT modalities."),
+    series: Optional[str] = typer.Option(None, "--series", help=SERIES_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    volume_index: Optional[int] = typer.Option(None, "--volume-index", help=VOLUME_INDEX_HELP),
+    fill_nonfinite: Optional[float] = typer.Option(None, "--fill-nonfinite", help=FILL_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
 ) -> None:
@@ -169,7 +178,8 @@ def degrade(
     from qdm_med.simulate import degrade_file
 
     _setup_logging(quiet)
-    info = degrade_file(hr, output, scale=scale, preset=preset.value, seed=seed, series=series, force=force, overwrite=overwrite, quiet=quiet)
+    info = degrade_file(hr, output, scale=scale, preset=preset.value, seed=seed, series=series, force=force, overwrite=overwrite,
+                        quiet=quiet, volume_index=volume_index, fill_nonfinite=fill_nonfinite)
     if not quiet:
         typer.echo(f"wrote {info['output']}: shape {tuple(info['shape'])}, spacing {tuple(round(s, 4) for s in info['spacing'])}")
 
@@ -179,9 +189,28 @@ def _bundle_arg(bundle: Optional[str]):
     return None if bundle in (None, "", "default") else bundle
 
 
+def _command_line(ctx: typer.Context) -> str:
+    """The running command with its arguments and every option not left at its default (for reports)."""
+    import shlex
+
+    parts = ["qdm-med", ctx.info_name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(value, Enum):
+            value = value.value
+        if param.param_type_name == "argument":
+            parts.append(shlex.quote(str(value)))
+        elif value is not None and value is not False and value != param.default and param.name != "quiet":
+            opt = max(param.opts, key=len)
+            parts += [opt] if value is True else [opt, shlex.quote(str(value))]
+    return " ".join(parts)
+
+
+
 @app.command()
 @user_errors
 def upscale(
+    ctx: typer.Context,
     input: Path = typer.Argument(..., help="Low-resolution CT (NIfTI/NRRD/MHA/DICOM folder) or image (PNG/JPEG/TIFF)."),
     scale: int = typer.Option(8, "--scale", help="Upscale factor supported by the bundle (4 or 8)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output path (default: <input>_sr_x<scale> next to the input)."),
@@ -192,12 +221,16 @@ def upscale(
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Quadtree threshold s on the [-1,1] scale; 0 = dense."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:i."),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision on CUDA."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Slices per batch."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed (recorded in the report)."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Slices per batch (never changes the output)."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed: each slice gets its own stream from (seed, slice); recorded in the report."),
     ref: Optional[Path] = typer.Option(None, "--ref", help="High-resolution reference: adds PSNR/SSIM/LPIPS to the report."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
     preview: Optional[Path] = typer.Option(None, "--preview", help="Write a PNG montage here."),
     preview_slice: Optional[int] = typer.Option(None, "--preview-slice", help="Slice shown in the preview (default: most detailed)."),
+    series: Optional[str] = typer.Option(None, "--series", help=SERIES_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    volume_index: Optional[int] = typer.Option(None, "--volume-index", help=VOLUME_INDEX_HELP),
+    fill_nonfinite: Optional[float] = typer.Option(None, "--fill-nonfinite", help=FILL_HELP),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
@@ -209,7 +242,8 @@ def upscale(
         input, output, scale=scale, bundle=_bundle_arg(bundle), fmt=fmt, steps=steps,
         sampler=sampler.value if sampler else None, threshold=threshold, device=device, batch_size=batch_size,
         seed=seed, ref=ref, report=report, preview=preview, quiet=quiet, overwrite=overwrite,
-        preview_slice=preview_slice, amp=amp,
+        preview_slice=preview_slice, amp=amp, series=series, force=force, volume_index=volume_index,
+        fill_nonfinite=fill_nonfinite, command_line=_command_line(ctx),
     )
     if not quiet:
         _summarize(result)
@@ -234,6 +268,7 @@ def _summarize(result: dict) -> None:
 @app.command()
 @user_errors
 def evaluate(
+    ctx: typer.Context,
     hr: Path = typer.Argument(..., help="High-resolution CT volume or image to simulate the LR input from."),
     scale: int = typer.Option(8, "--scale", help="Scale factor (4 or 8)."),
     preset: Preset = typer.Option(Preset.medical_test, "--preset", help="Degradation making the LR input."),
@@ -250,6 +285,10 @@ def evaluate(
     batch_size: int = typer.Option(4, "--batch-size"),
     seed: int = typer.Option(0, "--seed", help="Seed of the degradation and the sampler."),
     preview_slice: Optional[int] = typer.Option(None, "--preview-slice"),
+    series: Optional[str] = typer.Option(None, "--series", help=SERIES_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    volume_index: Optional[int] = typer.Option(None, "--volume-index", help=VOLUME_INDEX_HELP),
+    fill_nonfinite: Optional[float] = typer.Option(None, "--fill-nonfinite", help=FILL_HELP),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
@@ -267,7 +306,8 @@ def evaluate(
         hr, scale, preset=preset.value, bundle=_bundle_arg(bundle), report=report, preview=preview, seed=seed,
         steps=steps, sampler=sampler.value if sampler else None, threshold=threshold, device=device,
         batch_size=batch_size, slices=idx, output=output, quiet=quiet, overwrite=overwrite,
-        preview_slice=preview_slice, amp=amp,
+        preview_slice=preview_slice, amp=amp, series=series, force=force, volume_index=volume_index,
+        fill_nonfinite=fill_nonfinite, command_line=_command_line(ctx),
     )
     if not quiet:
         _summarize(result)
@@ -281,13 +321,18 @@ def mask(
     output: Path = typer.Option(..., "-o", "--output", help="PNG picture of the quadtree partition."),
     threshold: float = typer.Option(0.15, "--threshold", help="Quadtree threshold s on the [-1,1] scale."),
     slice_index: Optional[int] = typer.Option(None, "--slice", help="Axial slice (default: most detailed)."),
+    series: Optional[str] = typer.Option(None, "--series", help=SERIES_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    volume_index: Optional[int] = typer.Option(None, "--volume-index", help=VOLUME_INDEX_HELP),
+    fill_nonfinite: Optional[float] = typer.Option(None, "--fill-nonfinite", help=FILL_HELP),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Draw the quadtree partition (active = detail-rich blocks) and report its density."""
     from qdm_med.inference.run import make_mask_picture
 
     _setup_logging(False)
-    info = make_mask_picture(input, threshold, output, slice_index=slice_index, overwrite=overwrite)
+    info = make_mask_picture(input, threshold, output, slice_index=slice_index, overwrite=overwrite, series=series, force=force,
+                             volume_index=volume_index, fill_nonfinite=fill_nonfinite)
     typer.echo(f"wrote {output}: density {float(info.get('density', float('nan'))):.2%} at threshold {threshold}")
 
 

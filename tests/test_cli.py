@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -155,3 +157,93 @@ def test_interrupt_leaves_no_output(tmp_path, monkeypatch):
     result = runner.invoke(app, ["degrade", str(src), "-o", str(out), "--scale", "4"])
     assert result.exit_code == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hr.nii.gz"]
+
+
+def _one_error_line(result) -> str:
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_hints_lead_somewhere_series_force_volume_index(tmp_path, monkeypatch):
+    """Every option an error message names exists on upscale and evaluate, and does what it says."""
+    import sys
+
+    monkeypatch.setenv("QDM_MED_DATA", str(tmp_path / "no_corpus"))  # LPIPS off: its AlexNet needs larger images
+
+    import nibabel as nib
+
+    sys.path.insert(0, str(Path(__file__).parent / "io"))
+    from io_doubles import write_ct_series
+
+    from qdm_med.io import load_volume
+
+    folder = tmp_path / "study"
+    write_ct_series(folder, shape=(8, 6, 3), series_number=3, description="Head 5mm", seed=0)
+    b = write_ct_series(folder, shape=(8, 6, 2), series_number=4, description="Head bone", seed=1)
+    text = _one_error_line(runner.invoke(app, ["upscale", str(folder), "--scale", "4", "--bundle", "bicubic", "-q"]))
+    assert "--series" in text and "SeriesDescription" in text
+    assert not (tmp_path / "study_sr_x4").exists()
+    for i, key in enumerate(("4", b.series_uid, "head BONE")):  # by number, UID, description
+        out = tmp_path / f"o{i}.nii.gz"
+        r = runner.invoke(app, ["upscale", str(folder), "--series", key, "--scale", "4", "--bundle", "bicubic", "-o", str(out), "-q"])
+        assert r.exit_code == 0, r.output
+        assert load_volume(out).array.shape == (32, 24, 2)
+    r = runner.invoke(app, ["evaluate", str(folder), "--series", "3", "--scale", "2", "--bundle", "bicubic", "-q", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+
+    mr = tmp_path / "mr"
+    write_ct_series(mr, shape=(8, 6, 2), modality="MR")
+    text = _one_error_line(runner.invoke(app, ["upscale", str(mr), "--scale", "4", "--bundle", "bicubic", "-q"]))
+    assert "--force" in text
+    r = runner.invoke(app, ["upscale", str(mr), "--force", "--scale", "4", "--bundle", "bicubic", "-q", "-o", str(tmp_path / "mr.nii.gz")])
+    assert r.exit_code == 0, r.output
+
+    dyn = tmp_path / "dyn.nii.gz"
+    data = np.stack([np.full((8, 6, 2), -1000 + 500 * t, np.int16) for t in range(3)], axis=-1)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(dyn))
+    text = _one_error_line(runner.invoke(app, ["upscale", str(dyn), "--scale", "4", "--bundle", "bicubic", "-q"]))
+    assert "--volume-index 0..2" in text
+    out = tmp_path / "t1.nii.gz"
+    r = runner.invoke(app, ["upscale", str(dyn), "--volume-index", "1", "--scale", "4", "--bundle", "bicubic", "-q", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert np.all(load_volume(out).array == -500)
+
+
+def test_nan_input_one_line_error_no_output(tmp_path, monkeypatch):
+    import nibabel as nib
+
+    arr = np.full((8, 6, 2), -1000.0, np.float32)
+    arr[1, 2, 1] = np.nan
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), str(tmp_path / "nan.nii.gz"))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for cmd in (["upscale", str(tmp_path / "nan.nii.gz"), "--scale", "4"], ["evaluate", str(tmp_path / "nan.nii.gz"), "--scale", "2"]):
+        text = _one_error_line(runner.invoke(app, cmd + ["--bundle", "bicubic", "--report", str(tmp_path / "r.json"), "-q"]))
+        assert "nan.nii.gz: 1 non-finite voxel(s) (1 NaN), first at voxel (1, 2, 1)" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    r = runner.invoke(app, ["upscale", str(tmp_path / "nan.nii.gz"), "--scale", "4", "--bundle", "bicubic", "--fill-nonfinite", "-1000",
+                            "-q", "--report", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    import json
+
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["command_line"] == (f"qdm-med upscale {tmp_path / 'nan.nii.gz'} --scale 4 --bundle bicubic --report {tmp_path / 'r.json'} "
+                                   "--fill-nonfinite -1000.0")
+    assert any("replaced by -1000" in w for w in rep["warnings"])
+
+
+def test_degrade_non_axial_storage_degrades_the_axial_planes(tmp_path):
+    import nibabel as nib
+
+    arr, affine = _nifti(tmp_path / "axial.nii.gz", shape=(32, 24, 3))
+    p = np.zeros((4, 4))
+    p[3, 3] = p[2, 0] = p[1, 1] = p[0, 2] = 1  # stored (z, y, x)
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(arr.transpose(2, 1, 0)), affine @ p), str(tmp_path / "zyx.nii.gz"))
+    for name in ("axial", "zyx"):
+        r = runner.invoke(app, ["degrade", str(tmp_path / f"{name}.nii.gz"), "-o", str(tmp_path / f"{name}_lr.nii.gz"), "--scale", "4", "-q"])
+        assert r.exit_code == 0, r.output
+    ax, zyx = nib.load(str(tmp_path / "axial_lr.nii.gz")), nib.load(str(tmp_path / "zyx_lr.nii.gz"))
+    assert ax.shape == (8, 6, 3) and zyx.shape == (3, 6, 8)
+    np.testing.assert_array_equal(np.asarray(zyx.dataobj), np.asarray(ax.dataobj).transpose(2, 1, 0))
+    np.testing.assert_allclose(zyx.affine, ax.affine @ p, atol=1e-4)

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import importlib
 
-_SUBMODULES = ("baseline", "bundle", "pipeline", "preview", "run", "scoring", "tiling", "volume")
+_SUBMODULES = (
+    "baseline", "bundle", "inputs", "mask", "outputs", "pipeline", "preview", "resolve", "run", "runtime", "scoring", "seeding", "tiling",
+    "volume",
+)
 
 
 def __getattr__(name: str):

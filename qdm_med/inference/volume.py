@@ -25,10 +25,15 @@ The output volume has array ``(X*s, Y*s, Z)`` float32 HU, affine
 keep_size=False)`` gives), a copy of ``meta`` with a ``"super_resolution"`` entry, and the source
 ``dicom_headers`` (the DICOM writer derives the new series from them).
 
-Determinism: every step is deterministic given the SR callable. A diffusion pipeline draws noise from the
-global torch RNG; with ``seed`` set, the generator is re-seeded with ``seed + k0`` before the batch that
-starts at slice ``k0``, so a run is reproducible for a given batch size (the noise of a slice depends on
-the batch it is drawn with, so different batch sizes give different -- equally valid -- samples).
+6. **HU floor**: the bicubic values used outside the window are clamped to the range of the 3x3 LR
+   neighbourhood of each pixel (no ringing below air or above bone next to sharp edges, e.g. -3024 HU
+   padding), and no output voxel goes below the minimum of its input slice (so never below the input's
+   minimum, and a slice's output does not depend on the other slices).
+
+Determinism (:mod:`qdm_med.inference.seeding`): with ``seed`` set, the model runs one slice per call and
+every (slice, tile) call gets its own generator derived from ``(seed, slice index, tile index)``, so the
+batch size (which then only groups the HU windowing and the merge), the call order and the device split
+never change the output. ``seed=None`` runs whole batches on the global torch RNG.
 """
 
 from __future__ import annotations
@@ -41,8 +46,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from qdm_med.errors import ConfigError, InputError
+from qdm_med.inference.runtime import InfoAggregator, Timer, amp_dtype, autocast_context, progress_bar, resolve_device
+from qdm_med.inference.seeding import SeededCall, accepts_generator
 from qdm_med.inference.tiling import TiledSR
 
 logger = logging.getLogger("qdm_med")
@@ -54,154 +62,16 @@ __all__ = [
     "SliceWiseInferencer",
     "upscale_image",
     "outside_window_alpha",
+    "neighbourhood_clamp",
     "DEFAULT_WINDOW",
 ]
+
+_progress = progress_bar  # the name qdm_med.bench imports
 
 #: Model window in HU (CONTRACT: [-1024, 2048] -> [-1, 1]).
 DEFAULT_WINDOW: tuple[float, float] = (-1024.0, 2048.0)
 
 SRFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-# ----------------------------------------------------------------------------------------------- device
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """Turn ``"auto" | "cpu" | "cuda" | "cuda:N"`` (or a ``torch.device``) into a usable device.
-
-    ``auto`` picks ``cuda`` when available, else ``cpu``. Asking for CUDA on a machine without it (or a
-    GPU index that does not exist) raises :class:`~qdm_med.errors.ConfigError` with one line.
-    """
-    if device is None:
-        device = "auto"
-    name = str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"device {device!r}: unknown device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type != "cuda":
-        raise ConfigError(f"device {device!r}: unsupported device type; use auto, cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise ConfigError(
-            f"device {device!r}: CUDA is not available on this machine (torch {torch.__version__}); "
-            "use --device cpu or auto"
-        )
-    count = torch.cuda.device_count()
-    if dev.index is not None and dev.index >= count:
-        raise ConfigError(f"device {device!r}: only {count} CUDA device(s) visible (cuda:0..cuda:{count - 1})")
-    return dev
-
-
-def _amp_dtype(amp: bool | str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device`` (None = full float32). AMP is CUDA only."""
-    if not amp or device.type != "cuda":
-        return None
-    if isinstance(amp, str):
-        table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-        if amp.lower() not in table:
-            raise ConfigError(f"amp {amp!r}: use bfloat16 or float16")
-        return table[amp.lower()]
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def autocast_context(device: torch.device, amp: bool | str = False):
-    """``torch.autocast`` on CUDA when ``amp`` is set (True = bfloat16 if supported, else float16; or
-    ``"bfloat16"`` / ``"float16"``); a no-op context on CPU (CPU autocast is slower than float32 here)."""
-    dtype = _amp_dtype(amp, device)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=dtype)
-
-
-# ----------------------------------------------------------------------------------------------- info
-class InfoAggregator:
-    """Aggregate the pipeline's per-call ``last_info`` dicts over batches and tiles.
-
-    Counts (``macs``, ``*_macs``, ``active_windows``, ``total_windows``, ``nfe``) and the per-stage seconds
-    of ``timings`` (encode / sample / decode) are summed; fractions
-    (keys containing ``density``) are averaged weighted by the LR pixels of the call; anything else
-    (``steps``, ``sampler``, ``threshold``) keeps its last value.
-    """
-
-    SUM_KEYS = ("macs", "active_windows", "total_windows", "nfe", "tokens", "active_tokens")
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.weighted: dict[str, float] = {}
-        self.weights: dict[str, float] = {}
-        self.last: dict[str, Any] = {}
-        self.calls = 0
-
-    def _is_sum(self, key: str) -> bool:
-        k = key.lower()
-        return k in self.SUM_KEYS or k.endswith("macs") or k.startswith("macs")
-
-    def add(self, info: dict | None, weight: float) -> None:
-        if not info:
-            return
-        self.calls += 1
-        for key, value in info.items():
-            if isinstance(value, torch.Tensor) and value.numel() == 1:
-                value = value.item()
-            if key == "timings" and isinstance(value, dict):  # per-stage seconds add up over calls
-                sums = self.sums.setdefault(key, {})
-                for stage, sec in value.items():
-                    sums[stage] = sums.get(stage, 0.0) + float(sec)
-                continue
-            numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-            if numeric and self._is_sum(key):
-                self.sums[key] = self.sums.get(key, 0) + (int(value) if float(value).is_integer() else float(value))
-            elif numeric and "density" in key.lower():
-                self.weighted[key] = self.weighted.get(key, 0.0) + float(value) * weight
-                self.weights[key] = self.weights.get(key, 0.0) + weight
-            else:
-                self.last[key] = value
-
-    def result(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self.last)
-        out.update({k: dict(v) if isinstance(v, dict) else v for k, v in self.sums.items()})
-        for key, total in self.weighted.items():
-            out[key] = total / self.weights[key] if self.weights[key] else None
-        out["calls"] = self.calls
-        return out
-
-
-class _Timer:
-    def __init__(self) -> None:
-        self.times: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, key: str, device: torch.device):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            self.times[key] = self.times.get(key, 0.0) + time.perf_counter() - t0
-
-
-def _progress(enabled: bool, console=None):
-    """A rich progress bar on stderr, or None when disabled."""
-    if not enabled:
-        return None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[unit]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console if console is not None else Console(stderr=True),
-        transient=False,
-    )
 
 
 def outside_window_alpha(bic_hu: torch.Tensor, window: Sequence[float], ramp: float) -> torch.Tensor:
@@ -212,6 +82,17 @@ def outside_window_alpha(bic_hu: torch.Tensor, window: Sequence[float], ramp: fl
         return ((bic_hu < lo) | (bic_hu > hi)).to(bic_hu.dtype)
     over = torch.maximum(bic_hu - (hi - ramp), (lo + ramp) - bic_hu) / ramp
     return over.clamp(0.0, 1.0)
+
+
+def neighbourhood_clamp(up_hu: torch.Tensor, lr_hu: torch.Tensor, scale: int) -> torch.Tensor:
+    """Clamp an upsampled (B, C, h*s, w*s) image to the [min, max] of the 3x3 LR neighbourhood (B, C, h, w)
+    of each pixel's source LR pixel: bicubic overshoot (ringing) is removed, edges stay sharp."""
+    hi = F.max_pool2d(lr_hu, 3, stride=1, padding=1)
+    lo = -F.max_pool2d(-lr_hu, 3, stride=1, padding=1)
+    size = tuple(up_hu.shape[-2:])
+    hi = F.interpolate(hi, size=size, mode="nearest")
+    lo = F.interpolate(lo, size=size, mode="nearest")
+    return torch.maximum(torch.minimum(up_hu, hi), lo)
 
 
 def _sr_attr(sr_fn, name: str, default=None):
@@ -227,7 +108,7 @@ class SliceWiseInferencer:
             (an ``SRPipeline``; its ``size_multiple`` and ``last_info`` are used when present).
         scale: in-plane factor s.
         window: (hu_min, hu_max) model window.
-        batch_size: slices per call.
+        batch_size: slices per batch (windowing, merge; model calls too when ``seed`` is None).
         tile_size: LR tile size (pixels) above which slices are tiled; None never tiles.
         tile_overlap: LR overlap of neighbouring tiles.
         device: "auto" | "cpu" | "cuda" | "cuda:N" | torch.device. An ``nn.Module`` sr_fn is moved there.
@@ -235,7 +116,9 @@ class SliceWiseInferencer:
         progress: show a rich progress bar per volume on stderr; False prints nothing.
         edge_ramp: HU width of the out-of-window merge ramp (0 = hard switch).
         size_multiple: model stride in LR pixels; default ``sr_fn.size_multiple`` or 4.
-        seed: re-seed torch's RNG before each batch (``seed + first slice``); None leaves it alone.
+        seed: per-slice random streams (see module docstring); None runs whole batches on torch's global RNG.
+        slice_indices: index in the full scan of each slice of the volume (default ``0 .. Z-1``), so a subset
+            of slices keeps its slices' random streams.
         console: a rich Console for the progress bar (default: stderr).
 
     ``infer(volume) -> (sr_volume, stats)``; calling the object returns the volume only and keeps the
@@ -258,6 +141,7 @@ class SliceWiseInferencer:
         size_multiple: int | None = None,
         seed: int | None = None,
         console=None,
+        slice_indices: Sequence[int] | None = None,
     ) -> None:
         from qdm_med.transforms import HUWindow, InverseHUWindow
 
@@ -279,6 +163,7 @@ class SliceWiseInferencer:
         self.progress = bool(progress)
         self.edge_ramp = float(edge_ramp)
         self.seed = seed
+        self.slice_indices = None if slice_indices is None else [int(k) for k in slice_indices]
         self.console = console
         if size_multiple is None:
             size_multiple = _sr_attr(sr_fn, "size_multiple", 4)
@@ -286,19 +171,30 @@ class SliceWiseInferencer:
         if isinstance(sr_fn, torch.nn.Module):
             sr_fn = sr_fn.to(self.device).eval()
         self.sr_fn = sr_fn
+        self._gen = accepts_generator(sr_fn)
         self.to_unit = HUWindow(self.window[0], self.window[1])
         self.to_hu = InverseHUWindow(self.window[0], self.window[1])
         self.stats: dict[str, Any] = {}
 
-    # one LR batch in [-1, 1] -> SR batch in [-1, 1], through the tiler, collecting last_info per call
-    def _forward(self, x: torch.Tensor, agg: InfoAggregator, on_tile=None) -> torch.Tensor:
+    # one LR batch in [-1, 1] -> SR batch in [-1, 1], through the tiler, collecting last_info per call;
+    # with a seed one slice per call, each with the streams of (seed, slice index, tile index)
+    def _forward(self, x: torch.Tensor, agg: InfoAggregator, ids: Sequence[int] = ()) -> torch.Tensor:
+        def collect(t: torch.Tensor) -> None:
+            agg.add(_sr_attr(self.sr_fn, "last_info"), float(t.shape[0] * t.shape[-2] * t.shape[-1]))
+
         def call(t: torch.Tensor) -> torch.Tensor:
             out = self.sr_fn(t)
-            agg.add(_sr_attr(self.sr_fn, "last_info"), float(t.shape[0] * t.shape[-2] * t.shape[-1]))
+            collect(t)
             return out
 
         with autocast_context(self.device, self.amp):
-            out = self.tiler(call, x, on_tile=on_tile)
+            if self.seed is None:
+                out = self.tiler(call, x)
+            else:
+                out = torch.cat([
+                    self.tiler(SeededCall(self.sr_fn, self.seed, ids[b], x.device, collect, self._gen), x[b : b + 1])
+                    for b in range(x.shape[0])
+                ])
         return out.float().clamp(-1.0, 1.0)
 
     def infer(self, volume) -> tuple[Any, dict[str, Any]]:
@@ -316,10 +212,13 @@ class SliceWiseInferencer:
         if out_bytes > 4 * 2**30:
             logger.warning("%s: the x%d output needs %.1f GB of memory", name, s, out_bytes / 2**30)
         out = np.empty((nx * s, ny * s, nz), dtype=np.float32)
-        timer = _Timer()
+        timer = Timer()
         agg = InfoAggregator()
         n_batches = 0
-        bar = _progress(self.progress, self.console)
+        ids = list(range(nz)) if self.slice_indices is None else self.slice_indices
+        if len(ids) != nz:
+            raise ConfigError(f"{name}: {len(ids)} slice indices for {nz} slices")
+        bar = progress_bar(self.progress, self.console)
         t_start = time.perf_counter()
         with contextlib.ExitStack() as stack:
             if bar is not None:
@@ -334,14 +233,14 @@ class SliceWiseInferencer:
                     hu = hu.to(self.device, torch.float32)[:, None]
                     lr = torch.as_tensor(self.to_unit(hu), dtype=torch.float32, device=self.device).clamp(-1.0, 1.0)
                 with timer("forward", self.device):
-                    if self.seed is not None:
-                        torch.manual_seed(int(self.seed) + k0)
-                    sr = self._forward(lr, agg)
+                    sr = self._forward(lr, agg, ids[k0:k1])
                 with timer("unwindow", self.device):
                     sr_hu = torch.as_tensor(self.to_hu(sr), dtype=torch.float32, device=self.device)
                     bic_hu = torch.as_tensor(bicubic_upsample(hu, s), dtype=torch.float32, device=self.device)
+                    bic_hu = neighbourhood_clamp(bic_hu, hu, s)
                     alpha = outside_window_alpha(bic_hu, self.window, self.edge_ramp)
-                    merged = sr_hu + alpha * (bic_hu - sr_hu)
+                    floor = hu.amin(dim=(-2, -1), keepdim=True)  # no output voxel below its slice's minimum (air)
+                    merged = torch.maximum(sr_hu + alpha * (bic_hu - sr_hu), floor)
                     out[:, :, k0:k1] = np.transpose(merged[:, 0].cpu().numpy(), (2, 1, 0))
                 n_batches += 1
                 if bar is not None:
@@ -353,6 +252,7 @@ class SliceWiseInferencer:
             "scale": s,
             "window": list(self.window),
             "edge_ramp_hu": self.edge_ramp,
+            "hu_floor": "each slice's input minimum",
             "input_shape": [nx, ny, nz],
             "output_shape": [nx * s, ny * s, nz],
         }
@@ -366,9 +266,11 @@ class SliceWiseInferencer:
             "slices": nz,
             "batches": n_batches,
             "batch_size": self.batch_size,
+            "seed": self.seed,
             "tiles_per_slice": self.tiler.n_tiles(ny, nx),
+            "tile_size": self.tiler.tile_size,
             "device": str(self.device),
-            "amp": str(_amp_dtype(self.amp, self.device)).replace("torch.", "") if _amp_dtype(self.amp, self.device) else None,
+            "amp": str(amp_dtype(self.amp, self.device)).replace("torch.", "") if amp_dtype(self.amp, self.device) else None,
             "timings": timings,
             "pipeline": agg.result(),
         }
@@ -439,12 +341,15 @@ def upscale_image(
     else:
         raise ConfigError(f"the model takes {in_ch}-channel images; this image has {c} channel(s)")
     agg = InfoAggregator()
-    timer = _Timer()
-    bar = _progress(progress, console)
+    timer = Timer()
+    bar = progress_bar(progress, console)
+
+    def collect(t: torch.Tensor) -> None:
+        agg.add(_sr_attr(sr_fn, "last_info"), float(t.shape[0] * t.shape[-2] * t.shape[-1]))
 
     def call(t: torch.Tensor) -> torch.Tensor:
         out = sr_fn(t)
-        agg.add(_sr_attr(sr_fn, "last_info"), float(t.shape[0] * t.shape[-2] * t.shape[-1]))
+        collect(t)
         return out
 
     t_start = time.perf_counter()
@@ -459,10 +364,13 @@ def upscale_image(
                 bar.update(task, completed=done)
 
         stack.enter_context(torch.inference_mode())
-        if seed is not None:
-            torch.manual_seed(int(seed))
         with timer("forward", dev), autocast_context(dev, amp):
-            sr = tiler(call, batch, on_tile=on_tile).float().clamp(-1.0, 1.0)
+            if seed is None:
+                sr = tiler(call, batch, on_tile=on_tile)
+            else:  # one stream per (seed, channel-image, tile), as for CT slices
+                sr = torch.cat([tiler(SeededCall(sr_fn, seed, b, dev, collect), batch[b : b + 1], on_tile=on_tile)
+                                for b in range(batch.shape[0])])
+            sr = sr.float().clamp(-1.0, 1.0)
     if c == in_ch:
         sr = sr[0]
     elif c == 1:
@@ -478,7 +386,7 @@ def upscale_image(
         "slices": 1,
         "tiles_per_slice": tiler.n_tiles(*arr.shape[1:]),
         "device": str(dev),
-        "amp": str(_amp_dtype(amp, dev)).replace("torch.", "") if _amp_dtype(amp, dev) else None,
+        "amp": str(amp_dtype(amp, dev)).replace("torch.", "") if amp_dtype(amp, dev) else None,
         "timings": timings,
         "pipeline": agg.result(),
     }

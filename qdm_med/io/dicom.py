@@ -159,8 +159,8 @@ def _select_series(folder: Path, infos: list[DicomSeriesInfo], series: str | Non
         if len(infos) == 1:
             return infos[0]
         raise InputError(
-            f"{folder}: holds {len(infos)} DICOM series; pick one with --series (SeriesInstanceUID, UID prefix "
-            f"or SeriesNumber): {listing}"
+            f"{folder}: holds {len(infos)} DICOM series; pick one with --series (SeriesNumber, SeriesInstanceUID, "
+            f"UID prefix or SeriesDescription): {listing}"
         )
     key = str(series).strip()
     exact = [i for i in infos if i.series_uid == key]
@@ -182,6 +182,14 @@ def _select_series(folder: Path, infos: list[DicomSeriesInfo], series: str | Non
         raise InputError(
             f"{folder}: --series {key!r} matches {len(prefixed)} series; give more of the UID: "
             + "; ".join(i.describe() for i in prefixed)
+        )
+    described = [i for i in infos if i.description.strip().casefold() == key.casefold()]
+    if len(described) == 1:
+        return described[0]
+    if len(described) > 1:
+        raise InputError(
+            f"{folder}: SeriesDescription {key!r} is used by {len(described)} series; pick one by SeriesNumber or UID: "
+            + "; ".join(i.describe() for i in described)
         )
     raise InputError(f"{folder}: no DICOM series matches --series {key!r}; available: {listing}")
 
@@ -358,7 +366,7 @@ def load_dicom(
 
     Args:
         path: a folder (searched recursively) or a single DICOM file (loaded alone, as a Z=1 volume).
-        series: SeriesInstanceUID, unique UID prefix or SeriesNumber of the series to load.
+        series: SeriesInstanceUID, unique UID prefix, SeriesNumber or SeriesDescription of the series to load.
         force: load a non-CT modality or a series with missing slices (with a warning) instead of refusing.
         volume_index: only None or 0 (DICOM series are 3D).
     Returns:

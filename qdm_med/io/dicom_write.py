@@ -23,7 +23,7 @@ from qdm_med.io.dicom import _as_int, _fvec
 from qdm_med.io.geometry import dicom_derived_position, dicom_slice_geometry, flip_lps_ras
 from qdm_med.io.volume import Volume
 
-__all__ = ["write_dicom_series", "DERIVED_IMAGE_TYPE", "DROPPED_KEYWORDS"]
+__all__ = ["write_dicom_series", "complete_type2", "DERIVED_IMAGE_TYPE", "DROPPED_KEYWORDS", "TYPE2_KEYWORDS"]
 
 DERIVED_IMAGE_TYPE = ["DERIVED", "SECONDARY", "AXIAL"]
 
@@ -41,6 +41,24 @@ DROPPED_KEYWORDS = (
     "FloatPixelData",
     "DoubleFloatPixelData",
     "DataSetTrailingPadding",
+)
+
+#: Type 2 attributes of the CT Image IOD (Patient, General Study, General Series, Frame of Reference,
+#: General Equipment, Image Plane, CT Image modules): present, possibly empty, in every derived instance.
+TYPE2_KEYWORDS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+    "PositionReferenceIndicator", "Manufacturer", "SliceThickness", "KVP", "AcquisitionNumber",
+    "Laterality",  # Type 2C (paired body parts): empty = unknown, which is what a derived series knows
+)
+
+#: Copied from a study template when the slices are new (a reoriented DICOM source): who and what study the
+#: series belongs to, its frame of reference and equipment.
+STUDY_KEYWORDS = (
+    "SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID",
+    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyDescription", "FrameOfReferenceUID",
+    "PositionReferenceIndicator", "Manufacturer", "ManufacturerModelName", "InstitutionName", "KVP", "BodyPartExamined",
+    "SeriesDescription", "SeriesNumber",
 )
 
 _INT16_MIN, _INT16_MAX = -32768, 32767
@@ -132,6 +150,21 @@ def _minimal_ct_header(vol: Volume, study_uid: str, frame_uid: str, slice_thickn
     return ds
 
 
+def complete_type2(ds, study_uid: str, frame_uid: str) -> None:
+    """Make ``ds`` carry every attribute the CT Image IOD requires, whatever its source lacked: Type 2
+    attributes are written empty (:data:`TYPE2_KEYWORDS`), a missing Modality is CT, and missing Type 1
+    Study / Frame of Reference UIDs get the series' shared new ones."""
+    for keyword in TYPE2_KEYWORDS:
+        if keyword not in ds:
+            setattr(ds, keyword, None)  # pydicom writes None as an empty (zero-length) value
+    if not ds.get("Modality"):
+        ds.Modality = "CT"
+    if not ds.get("StudyInstanceUID"):
+        ds.StudyInstanceUID = study_uid
+    if not ds.get("FrameOfReferenceUID"):
+        ds.FrameOfReferenceUID = frame_uid
+
+
 def _stored_values(slices_hu: list[np.ndarray], rescale: list[tuple[float, float]]) -> list[np.ndarray] | None:
     """int16 stored values for each slice with its (slope, intercept), or None if any value overflows."""
     out = []
@@ -152,6 +185,7 @@ def write_dicom_series(
     description_suffix: str | None = None,
     series_number: int | None = None,
     derivation_description: str | None = None,
+    study_template=None,
 ) -> Path:
     """Write ``vol`` (already upscaled in-plane by ``scale``) as a derived DICOM series in ``out_dir``.
 
@@ -167,6 +201,9 @@ def write_dicom_series(
         description_suffix: appended to SeriesDescription; default ``" SR x{s}"``.
         series_number: SeriesNumber of the new series; default source SeriesNumber + 1000 (1000 without source).
         derivation_description: DerivationDescription text; default names the in-plane super-resolution.
+        study_template: without ``source_headers``, a source Dataset whose patient, study, frame of reference
+            and equipment attributes (:data:`STUDY_KEYWORDS`) the new series keeps (a DICOM source whose
+            slices were reoriented, so no source slice matches an output slice).
     Returns:
         ``out_dir``.
     Raises:
@@ -201,6 +238,10 @@ def write_dicom_series(
         geometry = _geometry_from_affine(out_dir, vol)
         thickness = float(vol.spacing[2])
         template = _minimal_ct_header(vol, generate_uid(), generate_uid(), thickness)
+        if study_template is not None:
+            for keyword in STUDY_KEYWORDS:
+                if keyword in study_template:
+                    setattr(template, keyword, copy.deepcopy(study_template[keyword].value))
         templates = [template] * nz
         rescale = [_FALLBACK_RESCALE] * nz
 
@@ -211,7 +252,8 @@ def write_dicom_series(
         rescale = [_FALLBACK_RESCALE] * nz
         stored = [np.clip(np.rint(x.astype(np.float64) + 1024.0), _INT16_MIN, _INT16_MAX).astype(np.int16) for x in slices_hu]
 
-    source_number = (_as_int(templates[0].get("SeriesNumber")) or 0) if source_headers is not None else 0
+    has_source = source_headers is not None or study_template is not None
+    source_number = (_as_int(templates[0].get("SeriesNumber")) or 0) if has_source else 0
     number = int(series_number) if series_number is not None else source_number + 1000
     suffix = f" SR x{s:g}" if description_suffix is None else description_suffix
     base = str(templates[0].get("SeriesDescription", "") or "")
@@ -220,7 +262,7 @@ def write_dicom_series(
         f"In-plane super-resolution x{s:g} by qdm-med {qdm_med.__version__}"
         + ("" if source_headers is not None else f" from {Path(str(vol.meta.get('path', 'volume'))).name}")
     )
-    series_uid = generate_uid()
+    series_uid, study_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()  # the last two only when missing
     date, time = _now()
     width = max(4, len(str(nz)))
 
@@ -245,6 +287,7 @@ def write_dicom_series(
             ds.SeriesDescription = description
             ds.ImageType = list(DERIVED_IMAGE_TYPE)
             ds.DerivationDescription = derivation[:1024]
+            complete_type2(ds, study_uid, frame_uid)
             ds.InstanceNumber = k + 1
             ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
             ds.SeriesDate, ds.SeriesTime = date, time

@@ -20,7 +20,7 @@ from qdm_med.errors import InputError, OutputError
 from qdm_med.io._util import VOLUME_READ_SUFFIXES, VOLUME_WRITE_SUFFIXES, suffix_of
 from qdm_med.io.geometry import affine_direction, affine_spacing
 
-__all__ = ["Volume", "load_volume", "save_volume", "is_volume_path"]
+__all__ = ["Volume", "load_volume", "save_volume", "is_volume_path", "sub_volume"]
 
 
 @dataclasses.dataclass
@@ -105,8 +105,8 @@ def load_volume(
     Args:
         path: a NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) file, a DICOM file
             (.dcm, or any file with the DICM preamble) or a folder holding a DICOM series.
-        series: for DICOM folders with several series: a SeriesInstanceUID, a unique UID prefix or a
-            SeriesNumber.
+        series: for DICOM folders with several series: a SeriesInstanceUID, a unique UID prefix, a
+            SeriesNumber or a SeriesDescription.
         force: load DICOM data that is otherwise refused (non-CT modality, missing slices) with a warning.
         volume_index: which volume of a 4D file to read (0-based).
     Raises:
@@ -179,3 +179,17 @@ def hu_to_int16(array: np.ndarray) -> np.ndarray:
     """HU float -> int16: NaN to -1024 (air), round half to even, clip to [-32768, 32767]."""
     a = np.nan_to_num(np.asarray(array, dtype=np.float64), nan=-1024.0)
     return np.clip(np.rint(a), -32768, 32767).astype(np.int16)
+
+
+def sub_volume(vol: Volume, k0: int, k1: int) -> Volume:
+    """Slices ``k0 .. k1 - 1`` of ``vol`` with their own geometry: the affine moves to slice ``k0`` (so the
+    first slice keeps its world position) and the DICOM headers are those slices'."""
+    nz = vol.array.shape[2]
+    if not 0 <= k0 < k1 <= nz:
+        raise ValueError(f"slice range {k0}..{k1 - 1} outside 0..{nz - 1}")
+    shift = np.eye(4)
+    shift[2, 3] = float(k0)
+    meta = dict(vol.meta) if isinstance(vol.meta, dict) else {}
+    meta["slice_offset"] = int(meta.get("slice_offset", 0)) + int(k0)
+    headers = None if vol.dicom_headers is None else list(vol.dicom_headers[k0:k1])
+    return dataclasses.replace(vol, array=vol.array[:, :, k0:k1], affine=vol.affine @ shift, meta=meta, dicom_headers=headers)

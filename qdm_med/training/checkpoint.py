@@ -1,5 +1,9 @@
 """Training checkpoints: model, optimizer, EMA, step and every RNG state, saved atomically and loaded
-with ``torch.load(weights_only=True)`` (RNG states are stored as tensors and plain lists for that)."""
+with ``torch.load(weights_only=True)`` (RNG states are stored as tensors and plain lists for that).
+
+In data-parallel training every rank draws its own random numbers (augmentation, diffusion noise), so a
+checkpoint keeps the RNG state of every rank: :func:`gather_rng_states` (a collective, called on all
+ranks) returns them in rank order, and :func:`rank_rng_state` picks a rank's state back on resume."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import torch
 from qdm_med._atomic import atomic_path
 from qdm_med.errors import ConfigError
 
-__all__ = ["rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint"]
+__all__ = ["rng_state", "set_rng_state", "gather_rng_states", "rank_rng_state", "save_checkpoint", "load_checkpoint"]
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict:
@@ -35,6 +39,33 @@ def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None
     torch.set_rng_state(state["torch"])
     if generator is not None and state.get("generator") is not None:
         generator.set_state(state["generator"])
+
+
+def gather_rng_states(generator: torch.Generator | None = None) -> list[dict]:
+    """Every rank's :func:`rng_state` in rank order (one entry when not distributed).
+
+    With an initialised ``torch.distributed`` process group this is a collective (``all_gather_object``):
+    every rank must call it, also those that do not write the checkpoint.
+    """
+    own = rng_state(generator)
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [own]
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, own)
+    return states
+
+
+def rank_rng_state(saved, rank: int) -> dict | None:
+    """The RNG state of ``rank`` in a checkpoint's ``"rng"`` entry: a per-rank list (this module) or one
+    dict (single-process runs and older checkpoints, used for rank 0). None when the checkpoint was written
+    by fewer ranks (resuming with a larger world: that rank starts a fresh stream)."""
+    if isinstance(saved, dict):
+        return saved if rank == 0 else None
+    if isinstance(saved, (list, tuple)) and 0 <= rank < len(saved):
+        return saved[rank]
+    return None
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:

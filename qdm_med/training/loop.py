@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from qdm_med.errors import ConfigError
-from qdm_med.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from qdm_med.training.checkpoint import gather_rng_states, load_checkpoint, rank_rng_state, save_checkpoint, set_rng_state
 from qdm_med.training.ema import EMA
 
 __all__ = ["fit", "batch_indices"]
@@ -149,7 +149,9 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
             stage.load_extra_state(ck["extra"])
         step = int(ck["step"])
         cpu_before = float(ck.get("cpu_time_s", 0.0))
-        set_rng_state(ck["rng"][rank] if isinstance(ck["rng"], list) else ck["rng"], gen)
+        state = rank_rng_state(ck["rng"], rank)
+        if state is not None:
+            set_rng_state(state, gen)
         logger.info("resumed %s at step %d", output / CHECKPOINT, step)
     elif resume:
         logger.warning("%s: no checkpoint yet; starting from step 0", output / CHECKPOINT)
@@ -181,12 +183,12 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
         return cpu_before + time.process_time() - cpu_start
 
     def save(final: bool = False) -> None:
+        rngs = gather_rng_states(gen)  # every rank's streams (a collective: before the writer check)
         if not writer:
             return
-        rngs = [rng_state(gen)]
         extra = stage.extra_state() if hasattr(stage, "extra_state") else None
         save_checkpoint(output / CHECKPOINT, {"model": model.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
-                                              "step": step, "rng": rngs[0], "stage": stage.name, "extra": extra,
+                                              "step": step, "rng": rngs, "stage": stage.name, "extra": extra,
                                               "cpu_time_s": cpu_time()})
         save_checkpoint(output / "models" / "model.pt", stage.export(ema.shadow))
 

@@ -87,3 +87,24 @@ def smooth_ct(shape=(24, 20, 5), seed: int = 0) -> np.ndarray:
         a, b = rng.uniform(1, 4, size=2)
         out[:, :, k] = 300 + 900 * np.sin(a * np.pi * x) * np.cos(b * np.pi * y) + 20 * rng.randn(*shape[:2])
     return out
+
+
+class NoisySRPipeline(FakeSRPipeline):
+    """TEST DOUBLE for a diffusion pipeline's randomness: bicubic plus ``sigma`` Gaussian noise drawn from the
+    ``generator`` argument (as ``QDMSuperResolution.forward(lr, generator=...)``), or from torch's global
+    RNG when ``global_rng`` is set (a callable without a generator argument)."""
+
+    def __init__(self, scale: int, sigma: float = 0.05, **kw):
+        super().__init__(scale, **kw)
+        self.sigma = sigma
+
+    def forward(self, lr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        out = super().forward(lr)
+        return (out + self.sigma * torch.randn(out.shape, generator=generator, device=out.device)).clamp(-1.0, 1.0)
+
+
+class GlobalRNGSRPipeline(NoisySRPipeline):
+    """Same, but the noise comes from torch's global RNG (no ``generator`` argument)."""
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(lr, None)

@@ -78,10 +78,11 @@ def test_upscale_with_reference_reports_model_and_bicubic(tmp_path):
     rep = run.upscale(tmp_path / "lr.nii.gz", scale=4, bundle="bicubic", ref=tmp_path / "hr.nii.gz", device="cpu",
                       quiet=True, lpips_weights=tmp_path / "absent.pt")
     m = rep["metrics"]
-    assert m["model"]["overall"]["lpips"] == "unavailable" and m["lpips"] == "unavailable"
+    assert m["model"]["overall"]["lpips"] == "unavailable" and "lpips" not in m and m["lpips_weights"] is None
     assert len(m["model"]["per_slice"]) == 2
-    # the bicubic baseline through the pipeline is bicubic: same scores
-    assert m["model"]["overall"]["psnr_window"] == pytest.approx(m["bicubic"]["overall"]["psnr_window"], abs=0.01)
+    # the bicubic baseline through the pipeline is bicubic held above the input's minimum: a hair better
+    model_psnr, bicubic_psnr = m["model"]["overall"]["psnr_window"], m["bicubic"]["overall"]["psnr_window"]
+    assert bicubic_psnr <= model_psnr < bicubic_psnr + 0.1
 
 
 def _truncated(tmp_path):

@@ -128,3 +128,46 @@ def test_path_kinds(tmp_path):
         assert is_volume_path(name), name
     assert is_volume_path(tmp_path)  # a folder: a DICOM series
     assert not is_volume_path("g.png") and not is_volume_path("h.txt")
+
+
+def test_alpha_and_bit_depth_round_trip(tmp_path):
+    from PIL import Image
+
+    from qdm_med.io.images import load_image, save_image
+
+    la = np.zeros((6, 8, 2), np.uint8)
+    la[..., 0] = 200
+    la[:, :4, 1] = 255
+    Image.fromarray(la).save(tmp_path / "la.png")
+    arr, info = load_image(tmp_path / "la.png", return_info=True)
+    assert arr.shape == (1, 6, 8) and info["bit_depth"] == 8 and info["mode"] == "LA"
+    np.testing.assert_array_equal(info["alpha"][0], la[..., 1] / 255.0)
+    save_image(arr, tmp_path / "back.png", alpha=info["alpha"])
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "back.png")), la)
+    pal = Image.new("P", (4, 3))
+    pal.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    pal.putpixel((1, 1), 1)
+    pal.info["transparency"] = 0
+    pal.save(tmp_path / "pal.png", transparency=0)
+    arr, info = load_image(tmp_path / "pal.png", return_info=True)
+    assert arr.shape == (3, 3, 4) and info["alpha"][0, 1, 1] == 1.0 and info["alpha"][0, 0, 0] == 0.0
+    g16 = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000)
+    Image.fromarray(g16).save(tmp_path / "g16.png")
+    arr, info = load_image(tmp_path / "g16.png", return_info=True)
+    assert info["bit_depth"] == 16 and info["alpha"] is None
+    save_image(arr, tmp_path / "g16b.png", bit_depth=16)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "g16b.png")), g16)
+    with pytest.raises(OutputError, match="alpha"):
+        save_image(arr, tmp_path / "x.jpg", alpha=np.ones((3, 4)))
+
+
+def test_16_bit_colour_png_says_it_is_read_with_8_bits(tmp_path, qdm_warnings):
+    import SimpleITK as sitk
+
+    from qdm_med.io.images import load_image
+
+    rgb16 = (np.random.RandomState(0).rand(6, 8, 3) * 65535).astype(np.uint16)
+    sitk.WriteImage(sitk.GetImageFromArray(rgb16, isVector=True), str(tmp_path / "rgb16.png"))
+    arr, info = load_image(tmp_path / "rgb16.png", return_info=True)
+    assert arr.shape == (3, 6, 8) and info["bit_depth"] == 8
+    assert any("16-bit colour PNG read with 8 bits" in m and "rgb16.png" in m for m in qdm_warnings())

@@ -154,7 +154,9 @@ def test_ddp_two_processes_keep_identical_replicas(tmp_path, ct_folder):
         assert torch.equal(a[k], b[k]), k
     assert (out / "models" / "model.pt").is_file()  # rank 0 wrote
     init = tiny_bundle(tmp_path / "fresh", "qdm_ct_x8")  # weights moved away from initialisation
-    assert load_checkpoint(out / "checkpoint.pt")["step"] == 3 and init.exists()
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert ck["step"] == 3 and init.exists()
+    assert len(ck["rng"]) == 2 and not torch.equal(ck["rng"][0]["generator"], ck["rng"][1]["generator"])  # every rank's stream
 
 
 @pytest.mark.slow
@@ -413,3 +415,42 @@ def test_staged_recipe_base_config_then_fine_tune_from_its_run(tmp_path, ct_fold
     for bad, message in (("inference", "not the inference one"), ("nope", "nope.json: missing")):
         out = runner.invoke(app, ["train", str(bundle), "--data", str(ct_folder), "--config", bad, "-q"])
         assert out.exit_code != 0 and message in out.output
+
+
+def _rng_worker(rank: int, world: int, port: int, folder: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    import torch.distributed as dist
+
+    from qdm_med.training.checkpoint import gather_rng_states, save_checkpoint
+
+    dist.init_process_group("gloo")
+    try:
+        gen = torch.Generator().manual_seed(1000 + rank)  # each rank has its own stream, as in the loop
+        torch.manual_seed(7 + rank)
+        torch.rand(3, generator=gen)  # advance the streams a little before the checkpoint
+        states = gather_rng_states(gen)
+        if rank == 0:
+            save_checkpoint(Path(folder) / "ck.pt", {"rng": states})
+        after = torch.stack([torch.rand(4, generator=gen), torch.rand(4)])  # what this rank draws next
+        torch.save(after, Path(folder) / f"next{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_checkpoint_keeps_every_ranks_rng_state(tmp_path):
+    """Two gloo ranks: the checkpoint holds both ranks' streams, and each rank resumes exactly its own."""
+    import torch.multiprocessing as mp
+
+    from qdm_med.training.checkpoint import rank_rng_state, set_rng_state
+
+    mp.spawn(_rng_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    saved = load_checkpoint(tmp_path / "ck.pt")["rng"]
+    assert isinstance(saved, list) and len(saved) == 2
+    assert not torch.equal(saved[0]["generator"], saved[1]["generator"])
+    for rank in (0, 1):
+        gen = torch.Generator().manual_seed(12345)
+        set_rng_state(rank_rng_state(saved, rank), gen)
+        resumed = torch.stack([torch.rand(4, generator=gen), torch.rand(4)])
+        assert torch.equal(resumed, torch.load(tmp_path / f"next{rank}.pt"))
+    assert rank_rng_state(saved, 2) is None  # a larger world: that rank starts a fresh stream
+    assert rank_rng_state(saved[0], 0) is saved[0]  # single-process checkpoints hold one dict
