@@ -85,6 +85,9 @@ class QDMBundleSROperator(Operator):
 
         self.device = resolve_device(device)
         self.bundle = load_bundle(bundle_dir, self.device)  # ConfigError: not a QDM bundle, no/misfitting weights
+        n_params = sum(p.numel() for p in self.bundle.pipeline.parameters())
+        logger.info("loaded bundle folder %s: network_def of configs/inference.json, models/model.pt loaded strictly "
+                    "(%d parameters), x%d, %s", bundle_dir, n_params, self.bundle.scale, type(self.bundle.pipeline).__name__)
         self.seed, self.batch_size, self.tile_size = int(seed), int(batch_size), tile_size
         self.stats: dict = {}
         super().__init__(fragment, *args, **kwargs)
