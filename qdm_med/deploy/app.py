@@ -27,7 +27,7 @@ from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOpe
 from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesToVolumeOperator
 
 from qdm_med.deploy.operators import CTSeriesSelectorOperator, DerivedSeriesWriterOperator, QDMBundleSROperator
-from qdm_med.errors import ConfigError, InputError, QDMError
+from qdm_med.errors import ConfigError, InputError, OutputError, QDMError
 
 __all__ = ["QDMSuperResolutionApp", "DeployOptions", "resolve_bundle_dir", "parse_options", "main"]
 
@@ -89,7 +89,7 @@ def parse_options(argv: list[str] | None = None) -> DeployOptions:
         raise InputError(f"{opts.input}: no such input folder (pass -i DICOM_DIR or set HOLOSCAN_INPUT_PATH)")
     opts.model = resolve_bundle_dir(opts.model)
     if opts.output.exists() and not opts.output.is_dir():
-        raise ConfigError(f"{opts.output}: is a file, not an output folder")
+        raise OutputError(f"{opts.output}: is a file, not an output folder")
     if opts.batch_size < 1:
         raise ConfigError(f"batch size {opts.batch_size}: must be >= 1")
     opts.rules = _rules_text(opts.rules)
@@ -116,7 +116,7 @@ class QDMSuperResolutionApp(Application):
         selector = CTSeriesSelectorOperator(self, rules=o.rules, source=str(o.input), name="series_selector")
         to_volume = DICOMSeriesToVolumeOperator(self, name="series_to_volume")
         self.sr_op = QDMBundleSROperator(self, bundle_dir=o.model, seed=o.seed, batch_size=o.batch_size, device=o.device,
-                                         name="qdm_bundle_sr")
+                                         check_output=lambda uid: self.writer.check(uid), name="qdm_bundle_sr")
         self.writer = DerivedSeriesWriterOperator(self, output_folder=o.output, scale=self.sr_op.bundle.scale,
                                                   overwrite=o.overwrite, name="derived_series_writer")
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
@@ -132,10 +132,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         opts = parse_options(sys.argv[1:] if argv is None else argv)
-        # Holoscan's own log (graph activation, scheduler) only from INFO on, unless HOLOSCAN_LOG_LEVEL says otherwise
-        os.environ.setdefault("HOLOSCAN_LOG_LEVEL", {"WARN": "ERROR"}.get(opts.log_level, opts.log_level))
+        # Holoscan's own log (graph, scheduler, its copy of operator exceptions) only with -l INFO/DEBUG or
+        # HOLOSCAN_LOG_LEVEL: exceptions still reach app.run(), so bad input ends in the one-line error below.
+        os.environ.setdefault("HOLOSCAN_LOG_LEVEL", {"WARN": "CRITICAL"}.get(opts.log_level, opts.log_level))
         logging.basicConfig(level=getattr(logging, opts.log_level), format="%(levelname)s %(name)s: %(message)s")
-        logging.getLogger("qdm_med").setLevel(min(logging.INFO, getattr(logging, opts.log_level)))
+        logging.getLogger("qdm_med").setLevel(getattr(logging, opts.log_level))
         app = QDMSuperResolutionApp(opts)
         app.run()
     except QDMError as err:

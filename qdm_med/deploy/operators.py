@@ -76,10 +76,12 @@ class QDMBundleSROperator(Operator):
         fragment: the application.
         bundle_dir: a QDM bundle folder (``configs/inference.json``, ``models/model.pt``).
         seed, batch_size, tile_size, device: as ``qdm-med upscale`` (defaults equal its defaults).
+        check_output: called with the source SeriesInstanceUID before the (slow) inference, e.g. to refuse
+            an existing output folder at once.
     """
 
     def __init__(self, fragment: Fragment, *args, bundle_dir: str | Path, seed: int = 0, batch_size: int = 4,
-                 tile_size: int | None = 128, device: str = "auto", **kwargs) -> None:
+                 tile_size: int | None = 128, device: str = "auto", check_output=None, **kwargs) -> None:
         from qdm_med.inference.bundle import load_bundle
         from qdm_med.inference.volume import resolve_device
 
@@ -89,6 +91,7 @@ class QDMBundleSROperator(Operator):
         logger.info("loaded bundle folder %s: network_def of configs/inference.json, models/model.pt loaded strictly "
                     "(%d parameters), x%d, %s", bundle_dir, n_params, self.bundle.scale, type(self.bundle.pipeline).__name__)
         self.seed, self.batch_size, self.tile_size = int(seed), int(batch_size), tile_size
+        self.check_output = check_output
         self.stats: dict = {}
         super().__init__(fragment, *args, **kwargs)
 
@@ -107,6 +110,8 @@ class QDMBundleSROperator(Operator):
         series = selected[0].selected_series[0].series
         datasets = [inst.get_native_sop_instance() for inst in series.get_sop_instances()]
         label = f"series {series.SeriesInstanceUID}"
+        if self.check_output is not None:
+            self.check_output(str(series.SeriesInstanceUID))
         volume = volume_from_series(np.asarray(image.asnumpy()), datasets, label)
         t0 = time.perf_counter()
         torch.manual_seed(self.seed)  # as qdm-med upscale; the inferencer re-seeds per batch
@@ -138,7 +143,14 @@ class DerivedSeriesWriterOperator(Operator):
         spec.input("sr_volume")
 
     def series_folder(self, source_series_uid: str) -> Path:
+        """The folder the derived series of ``source_series_uid`` goes to."""
         return self.output_folder / f"SR_x{self.scale}_{source_series_uid}"
+
+    def check(self, source_series_uid: str) -> None:
+        """OutputError now if that folder exists (without ``overwrite``) or cannot be created."""
+        from qdm_med._atomic import check_output_path
+
+        check_output_path(self.series_folder(source_series_uid), self.overwrite)
 
     def compute(self, op_input, op_output, context) -> None:
         from qdm_med.io import write_dicom_series
