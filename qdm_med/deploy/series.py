@@ -59,13 +59,16 @@ def volume_from_series(voxels: np.ndarray, datasets: Sequence, label: str = "ser
     Returns:
         float32 HU (X, Y, Z) = (W, H, D), its RAS affine and the per-slice headers in ``dicom_headers``.
     Raises:
-        InputError: counts or sizes disagree, geometry tags are missing, or the slices are not strictly
-            ordered along the normal (two slices at one position).
+        InputError: counts or sizes disagree, geometry tags are missing, the slices are not strictly
+            ordered along the normal (two slices at one position), or they are not MONOCHROME2.
     """
     voxels = np.asarray(voxels)
     n = len(datasets)
     if voxels.ndim != 3 or voxels.shape[0] != n or n == 0:
         raise InputError(f"{label}: expected one 2D image per instance ({n} instances), got pixel data of shape {voxels.shape}")
+    photometric = {str(ds.get("PhotometricInterpretation", "MONOCHROME2")) for ds in datasets}
+    if photometric != {"MONOCHROME2"}:  # the SDK's DICOMSeriesToVolumeOperator inverts MONOCHROME1 values
+        raise InputError(f"{label}: PhotometricInterpretation {', '.join(sorted(photometric))}; only MONOCHROME2 CT is supported")
     iops = [_vector(ds, "ImageOrientationPatient", 6, label) for ds in datasets]
     ipps = [_vector(ds, "ImagePositionPatient", 3, label) for ds in datasets]
     spacing = _vector(datasets[0], "PixelSpacing", 2, label)

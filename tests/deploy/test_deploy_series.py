@@ -40,6 +40,10 @@ def test_unsorted_or_mismatched_series_is_refused(tmp_path):
         volume_from_series(voxels[::-1], datasets[::-1], "ct")
     with pytest.raises(InputError, match="one 2D image per instance"):
         volume_from_series(voxels[:2], datasets, "ct")
+    datasets[0].PhotometricInterpretation = "MONOCHROME1"
+    with pytest.raises(InputError, match="only MONOCHROME2"):
+        volume_from_series(voxels, datasets, "ct")
+    datasets[0].PhotometricInterpretation = "MONOCHROME2"
     del datasets[1].ImagePositionPatient
     with pytest.raises(InputError, match="no valid ImagePositionPatient"):
         volume_from_series(voxels, datasets, "ct")
