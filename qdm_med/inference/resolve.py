@@ -94,8 +94,8 @@ def apply_overrides(model: ResolvedModel, steps, sampler, threshold) -> None:
     if not overrides or model.name == "bicubic":
         return
     pipe = model.sr_fn
-    if steps is not None and int(steps) < 1:
-        raise ConfigError(f"steps {steps}: must be >= 1")
+    if steps is not None and int(steps) < 0:
+        raise ConfigError(f"steps {steps}: must be >= 0 (0: the learned prior alone, the deterministic fidelity mode)")
     if threshold is not None and float(threshold) < 0:
         raise ConfigError(f"threshold {threshold}: must be >= 0")
     configure = getattr(pipe, "configure", None)
