@@ -53,7 +53,7 @@ def build_method(spec: str, scale: int):
     """(label, sr_fn, window) of a method spec (see module docstring)."""
     from qdm_med.transforms import bicubic_upsample
 
-    label, _, spec = spec.rpartition(":") if ":" in spec.split("=")[0] else ("", "", spec)
+    label, _, spec = spec.partition(":") if ":" in spec.split("=")[0] else ("", "", spec)
     kind, _, arg = spec.partition("=")
     if kind == "bicubic":
         return label or "bicubic", (lambda lr: bicubic_upsample(lr, scale).clamp(-1, 1)), (-1024.0, 2048.0)
