@@ -3,16 +3,21 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from inference_doubles import FakeLoadedBundle, FakeSRPipeline, oblique_affine, smooth_ct
 
 from qdm_med.errors import ConfigError, InputError, OutputError, QDMError
-from qdm_med.inference import run
+from qdm_med.jobs.evaluate import evaluate
+from qdm_med.jobs.mask import make_mask_picture
+from qdm_med.jobs.resolve import default_bundle_dir
+from qdm_med.jobs.upscale import upscale
 
-from inference_doubles import FakeLoadedBundle, FakeSRPipeline, oblique_affine, smooth_ct
+run = SimpleNamespace(upscale=upscale, evaluate=evaluate, make_mask_picture=make_mask_picture, default_bundle_dir=default_bundle_dir)
 
 
 def _write_nifti(path, array, affine=None):
@@ -265,9 +270,8 @@ def test_mask_picture(tmp_path, ct_file):
 
 
 def test_default_bundle_found_in_env_then_working_folder(tmp_path, monkeypatch):
-    from qdm_med.inference.run import default_bundle_dir
-
-    from qdm_med.training.api import locate_bundle
+    from qdm_med.bundle import locate_bundle
+    from qdm_med.jobs.resolve import default_bundle_dir
 
     for root in ("env", "cwd/bundles"):
         (tmp_path / root / "qdm_ct_x8" / "configs").mkdir(parents=True)
