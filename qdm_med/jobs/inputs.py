@@ -28,7 +28,7 @@ __all__ = [
     "plan_output", "check_outputs", "one_line", "check_load_options", "load_volume_input", "load_image_input", "load_reference",
 ]
 
-VOLUME_SUFFIXES = {".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "nrrd", ".mha": "mha", ".mhd": "mha", ".dcm": "dicom"}
+VOLUME_SUFFIXES = {".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "mha", ".mhd": "mha", ".dcm": "dicom"}
 FORMATS = ("nifti", "nrrd", "mha", "dicom", "png")
 FORMAT_SUFFIX = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "png": ".png", "dicom": ""}
 
@@ -67,7 +67,7 @@ def detect_input(path: str | os.PathLike) -> InputSpec:
     if suf in IMAGE_SUFFIXES:
         return InputSpec(p, "image", "png")
     raise InputError(
-        f"{p}: unsupported file type {suf or '(no extension)'!r}; expected NIfTI (.nii, .nii.gz), NRRD (.nrrd), "
+        f"{p}: unsupported file type {suf or '(no extension)'!r}; expected NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), "
         "MetaImage (.mha, .mhd), DICOM (folder or .dcm) or an image (.png, .jpg, .tif)"
     )
 
@@ -76,7 +76,7 @@ def format_of_output(path: Path) -> str | None:
     suf = suffix_of(path)
     if suf in IMAGE_SUFFIXES:
         return "png"
-    if suf in VOLUME_SUFFIXES and suf != ".dcm":
+    if suf in VOLUME_SUFFIXES and suf not in (".dcm", ".nhdr"):  # .nhdr (detached header) is read, not written
         return VOLUME_SUFFIXES[suf]
     if suf == "":
         return "dicom"
