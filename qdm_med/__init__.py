@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from qdm_med._version import __version__
 
 __all__ = ["__version__", "quadtree_mask"]
 
 
-_SUBMODULES = ("io", "transforms", "data", "simulate", "quadtree", "diffusion", "models", "training", "inference", "metrics", "reports", "cli", "demo")
+_SUBMODULES = (
+    "io",
+    "transforms",
+    "data",
+    "quadtree",
+    "diffusion",
+    "models",
+    "bundle",
+    "training",
+    "inference",
+    "jobs",
+    "bench",
+    "metrics",
+    "reports",
+    "cli",
+)
 
 
 def __getattr__(name: str):
@@ -16,7 +31,7 @@ def __getattr__(name: str):
         from qdm_med.quadtree import quadtree_mask
 
         return quadtree_mask
-    if name in _SUBMODULES:  # `$import qdm_med` in bundle configs, then qdm_med.inference.bundle...
+    if name in _SUBMODULES:  # `$import qdm_med` in bundle configs, then qdm_med.bundle...
         import importlib
 
         return importlib.import_module(f"qdm_med.{name}")

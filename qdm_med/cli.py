@@ -1,7 +1,7 @@
 """The ``qdm-med`` command line: a thin typer layer over the job functions.
 
-Every command maps to one function in the package (``qdm_med.data``, ``qdm_med.simulate``,
-``qdm_med.inference.run``, ``qdm_med.training``); this module only parses options, sets up logging and
+Every command maps to one function in the package (``qdm_med.data``, ``qdm_med.jobs``,
+``qdm_med.training``, ``qdm_med.bench``); this module only parses options, sets up logging and
 turns user errors (:class:`qdm_med.errors.QDMError`) into ``error: <one line>`` with exit code 2.
 Ctrl-C exits with 130; atomic writes make sure no partial output is left behind.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from enum import Enum
 from functools import wraps
@@ -86,7 +85,7 @@ def user_errors(func: Callable) -> Callable:
             _fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
         except KeyboardInterrupt:
             typer.echo("interrupted: no partial output was kept", err=True)
-            raise typer.Exit(EXIT_INTERRUPTED)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except MemoryError:
             _fail("out of memory: use a smaller --batch-size (or --device cpu)", 1)
 
@@ -165,7 +164,9 @@ def degrade(
     hr: Path = typer.Argument(..., help="High-resolution CT volume (NIfTI/NRRD/MHA/DICOM folder) or image."),
     output: Path = typer.Option(..., "-o", "--output", help="Low-resolution output (same kinds; DICOM: a folder)."),
     scale: int = typer.Option(4, "--scale", help="In-plane downscale factor: 2, 4 or 8."),
-    preset: Preset = typer.Option(Preset.medical_test, "--preset", help="Degradation: medical, medical_test, natural, bicubic, or clean (a random common resampler, no noise)."),
+    preset: Preset = typer.Option(Preset.medical_test, "--preset",
+                                  help="Degradation: medical, medical_test, natural, bicubic, "
+                                  "or clean (a random common resampler, no noise)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random degradation (slice k uses seed + k)."),
     series: Optional[str] = typer.Option(None, "--series", help=SERIES_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
@@ -175,7 +176,7 @@ def degrade(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
 ) -> None:
     """Make the low-resolution version of a scan or image (to build test sets)."""
-    from qdm_med.simulate import degrade_file
+    from qdm_med.jobs.degrade import degrade_file
 
     _setup_logging(quiet)
     info = degrade_file(hr, output, scale=scale, preset=preset.value, seed=seed, series=series, force=force, overwrite=overwrite,
@@ -235,7 +236,7 @@ def upscale(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
 ) -> None:
     """Super-resolve a CT volume slice by slice (or an image) with a QDM bundle."""
-    from qdm_med.inference.run import upscale as run_upscale
+    from qdm_med.jobs.upscale import upscale as run_upscale
 
     _setup_logging(quiet)
     result = run_upscale(
@@ -293,7 +294,7 @@ def evaluate(
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Degrade HR with a seeded preset, upscale it, and score model vs bicubic (PSNR/SSIM/LPIPS)."""
-    from qdm_med.inference.run import evaluate as run_evaluate
+    from qdm_med.jobs.evaluate import evaluate as run_evaluate
 
     _setup_logging(quiet)
     idx = None
@@ -328,7 +329,7 @@ def mask(
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Draw the quadtree partition (active = detail-rich blocks) and report its density."""
-    from qdm_med.inference.run import make_mask_picture
+    from qdm_med.jobs.mask import make_mask_picture
 
     _setup_logging(False)
     info = make_mask_picture(input, threshold, output, slice_index=slice_index, overwrite=overwrite, series=series, force=force,
@@ -346,9 +347,13 @@ def train(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many steps (default: the config's)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in the output folder."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:i."),
-    output: Optional[Path] = typer.Option(None, "--output", help="Run folder (default: runs/<bundle name>, runs/<bundle name>-<config> for a stage config; with a staged recipe, the folder that holds the stages' runs)."),
-    config: Optional[str] = typer.Option(None, "--config", help="Train one stage, configs/<name>.json (e.g. train_prior); default: the bundle's whole recipe (train.json's 'recipe'), stage by stage."),
-    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Weights to fine-tune from (a run's models/model.pt); overrides the config's train.init_from."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Run folder (default: runs/<bundle name>, runs/<bundle name>-<config> "
+                                          "for a stage config; with a staged recipe, the folder that holds the stages' runs)."),
+    config: Optional[str] = typer.Option(None, "--config", help="Train one stage, configs/<name>.json (e.g. train_prior); "
+                                         "default: the bundle's whole recipe (train.json's 'recipe'), stage by stage."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from",
+                                             help="Weights to fine-tune from (a run's models/model.pt); "
+                                             "overrides the config's train.init_from."),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
     """Train a bundle: its whole recipe (prior, QDM stages) or one stage; resumable; use torchrun for several processes."""
@@ -360,9 +365,11 @@ def train(
     if config is None and init_from is not None:
         raise QDMError("--init-from sets one stage's starting weights: give --config too")
     if config is None:
-        result = train_recipe(bundle, data=data, corpus=corpus, max_steps=max_steps, resume=resume, device=device, output=output, quiet=quiet)
+        result = train_recipe(bundle, data=data, corpus=corpus, max_steps=max_steps, resume=resume, device=device, output=output,
+                              quiet=quiet)
     else:
-        result = train_bundle(bundle, data=data, corpus=corpus, max_steps=max_steps, resume=resume, device=device, output=output, quiet=quiet,
+        result = train_bundle(bundle, data=data, corpus=corpus, max_steps=max_steps, resume=resume, device=device, output=output,
+                              quiet=quiet,
                               config=config, init_from=init_from)
     if not quiet and isinstance(result, dict):
         _print_json({k: v for k, v in result.items() if not isinstance(v, (list, dict))})
@@ -379,7 +386,7 @@ def demo(
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
     """Fetch the corpus, make a low-resolution real CT, upscale it with the shipped model and report."""
-    from qdm_med.demo import run_demo
+    from qdm_med.jobs.demo import run_demo
 
     _setup_logging(quiet)
     summary = run_demo(out, scale=scale, device=device, n_slices=slices, quiet=quiet)
@@ -394,7 +401,8 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="4 slices, 2 repeats, a 16-slice end-to-end volume (a few minutes on 2 cores)."),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="CT bundle folder (default: the shipped x8 CT bundle)."),
     out: Path = typer.Option(Path("qdm_med_bench"), "--out", help="Folder for benchmarks.md, benchmarks.json and the PNG plots."),
-    suites: Optional[str] = typer.Option(None, "--suites", help="Comma-separated subset of: threshold, samplers, scaling, gather, end_to_end."),
+    suites: Optional[str] = typer.Option(None, "--suites",
+                                         help="Comma-separated subset of: threshold, samplers, scaling, gather, end_to_end."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:i or auto."),
     data: Optional[Path] = typer.Option(None, "--data", help="Corpus folder (default: $QDM_MED_DATA or the user cache dir)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the degradation and the sampler."),

@@ -35,7 +35,7 @@ def setting(name: str) -> dict:
 
 
 def main() -> None:
-    from qdm_med.inference.run import evaluate
+    from qdm_med.jobs.evaluate import evaluate
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle")
@@ -75,12 +75,17 @@ def main() -> None:
                 })
                 print(json.dumps(rows[-1]), flush=True)
     (out / f"{args.tag}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    head = "| input | LR preset | sampling | PSNR model / bicubic | SSIM model / bicubic | PSNR full HU model / bicubic | SSIM full HU model / bicubic | mask density | slices |"
+    head = ("| input | LR preset | sampling | PSNR model / bicubic | SSIM model / bicubic | PSNR full HU model / bicubic "
+            "| SSIM full HU model / bicubic | mask density | slices |")
     lines = [head, "|" + "---|" * 9]
     f = lambda v, n: "-" if v is None else f"{float(v):.{n}f}"  # noqa: E731
     for r in rows:
-        lines.append(f"| {r['input']} | {r['preset']} | {r['sampler']} | {f(r['psnr'], 2)} / {f(r['psnr_bic'], 2)} | {f(r['ssim'], 4)} / {f(r['ssim_bic'], 4)} "
-                     f"| {f(r['psnr_full'], 2)} / {f(r['psnr_full_bic'], 2)} | {f(r['ssim_full'], 4)} / {f(r['ssim_full_bic'], 4)} | {f(r['density'], 3)} | {r['slices']} |")
+        lines.append(
+            f"| {r['input']} | {r['preset']} | {r['sampler']} | {f(r['psnr'], 2)} / {f(r['psnr_bic'], 2)} "
+            f"| {f(r['ssim'], 4)} / {f(r['ssim_bic'], 4)} "
+            f"| {f(r['psnr_full'], 2)} / {f(r['psnr_full_bic'], 2)} | {f(r['ssim_full'], 4)} / {f(r['ssim_full_bic'], 4)} "
+            f"| {f(r['density'], 3)} | {r['slices']} |"
+        )
     (out / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

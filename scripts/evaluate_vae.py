@@ -17,10 +17,9 @@ import torch
 
 
 def main() -> None:
-    from qdm_med.inference.bundle import build_network, read_weights
-    from qdm_med.inference.scoring import SliceScorer
+    from qdm_med.bundle import build_network, bundle_settings, read_weights
     from qdm_med.io import load_volume
-    from qdm_med.training.config import bundle_settings
+    from qdm_med.jobs.scoring import SliceScorer
     from qdm_med.transforms import HUWindow, InverseHUWindow
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

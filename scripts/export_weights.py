@@ -21,7 +21,7 @@ import torch
 
 def main() -> None:
     from qdm_med._atomic import atomic_path
-    from qdm_med.inference.bundle import build_network, read_weights
+    from qdm_med.bundle import build_network, read_weights
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run")

@@ -58,7 +58,7 @@ def build_method(spec: str, scale: int):
     if kind == "bicubic":
         return label or "bicubic", (lambda lr: bicubic_upsample(lr, scale).clamp(-1, 1)), (-1024.0, 2048.0)
     if kind == "prior":
-        from qdm_med.inference.bundle import read_weights
+        from qdm_med.bundle import read_weights
         from qdm_med.models.prior import build_prior
 
         config, _, weights = arg.partition("@")
@@ -68,7 +68,7 @@ def build_method(spec: str, scale: int):
         net.scale, net.size_multiple = scale, net.lr_multiple
         return label or f"prior {Path(weights).parent.parent.name}", net.eval(), tuple(cfg["window"])
     if kind == "bundle":
-        from qdm_med.inference.bundle import load_bundle
+        from qdm_med.bundle import load_bundle
 
         path, _, query = arg.partition("?")
         loaded = load_bundle(path)
@@ -93,16 +93,19 @@ def scores(pred: np.ndarray, ref: np.ndarray, lpips) -> dict:
         out[f"ssim_{name}"] = float(ssim(p, r, data_range=hi - lo))
     if lpips is not None:
         lo, hi = SOFT_TISSUE
-        unit = lambda a: torch.from_numpy(((np.clip(a, lo, hi) - lo) / (hi - lo) * 2 - 1).astype(np.float32))[None, None].expand(-1, 3, -1, -1)  # noqa: E731
+
+        def unit(a):
+            return torch.from_numpy(((np.clip(a, lo, hi) - lo) / (hi - lo) * 2 - 1).astype(np.float32))[None, None].expand(-1, 3, -1, -1)
+
         with torch.inference_mode():
             out["lpips_soft"] = float(lpips(unit(pred), unit(ref)).mean())
     return out
 
 
 def main() -> None:
-    from qdm_med.inference.scoring import load_lpips_or_none
     from qdm_med.inference.volume import SliceWiseInferencer
     from qdm_med.io import Volume, load_volume
+    from qdm_med.jobs.scoring import load_lpips_or_none
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hr", required=True, help="held-out HR volumes (comma-separated)")
@@ -134,8 +137,16 @@ def main() -> None:
                 inf = SliceWiseInferencer(sr_fn, s, window=window, batch_size=4, progress=False, seed=args.seed, device="cpu")
                 sr = inf(lr_vol).array
                 per = [scores(sr[:, :, i].T, hr[:, :, k].T, lpips) for i, k in enumerate(ks)]
-                rows.append({"volume": Path(path).name, "lr": kind, "method": label, "seconds": time.perf_counter() - t0,
-                             "per_slice": per, **{m: float(np.mean([p[m] for p in per])) for m in per[0]}})
+                rows.append(
+                    {
+                        "volume": Path(path).name,
+                        "lr": kind,
+                        "method": label,
+                        "seconds": time.perf_counter() - t0,
+                        "per_slice": per,
+                        **{m: float(np.mean([p[m] for p in per])) for m in per[0]},
+                    }
+                )
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_slice"}), flush=True)
     (out / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
     table = markdown(rows)
@@ -157,8 +168,10 @@ def markdown(rows: list[dict]) -> str:
                 d = [p["psnr_full"] - b["psnr_full"] for p, b in zip(r["per_slice"], bic["per_slice"])]
                 gain = f"{np.mean(d):+.2f} ({min(d):+.2f})"
             lp = f"{r['lpips_soft']:.4f}" if "lpips_soft" in r else "-"
-            lines.append(f"| {vol} | {kind} | {r['method']} | {r['psnr_full']:.2f} | {gain} | {r['ssim_full']:.4f} | {r['psnr_soft']:.2f} "
-                         f"| {r['ssim_soft']:.4f} | {lp} |")
+            lines.append(
+                f"| {vol} | {kind} | {r['method']} | {r['psnr_full']:.2f} | {gain} | {r['ssim_full']:.4f} | {r['psnr_soft']:.2f} "
+                f"| {r['ssim_soft']:.4f} | {lp} |"
+            )
     return "\n".join(lines) + "\n"
 
 

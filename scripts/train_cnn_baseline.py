@@ -12,7 +12,8 @@ run took (``--match RUN``, its ``summary.json``), so the comparison is equal-tim
         --method cnn:prior=runs/cnn_baseline_x4/baseline_config.json@runs/cnn_baseline_x4/models/model.pt ...
 
 Run it with the thread count the matched run had (``OMP_NUM_THREADS=1`` for the shipped priors): CPU time
-of a multi-threaded run includes its threads' overhead. Writes ``<output>/baseline_config.json`` (the effective prior/data/train settings, for region_eval) besides
+of a multi-threaded run includes its threads' overhead. Writes ``<output>/baseline_config.json`` (the effective
+prior/data/train settings, for region_eval) besides
 the usual run files. ``--preset`` changes the LR degradation (e.g. the bundle's own mix, for the SPEC's
 second comparison).
 """
@@ -27,8 +28,8 @@ PLAIN_CNN = {"kind": "cnn", "channels": 64, "layers": 6, "blocks": 0, "unshuffle
 
 
 def main() -> None:
+    from qdm_med.bundle import bundle_settings
     from qdm_med.training import train_bundle
-    from qdm_med.training.config import bundle_settings
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle")
@@ -48,12 +49,18 @@ def main() -> None:
         minutes = json.loads((Path(args.match) / "summary.json").read_text())["cpu_time_s"] / 60.0
     out = Path(args.output)
     preset = json.loads(args.preset) if args.preset.startswith("{") else args.preset
-    overrides = {"prior": PLAIN_CNN, "data": {"preset": preset, "val_preset": "bicubic"},
-                 "train": {"max_cpu_minutes": minutes, "steps": args.steps, "lr_schedule": "constant", "phases": []}}
-    summary = train_bundle(args.bundle, data=args.data, corpus=args.corpus, output=out, resume=args.resume, overrides=overrides,
-                           config="train_prior")
+    overrides = {
+        "prior": PLAIN_CNN,
+        "data": {"preset": preset, "val_preset": "bicubic"},
+        "train": {"max_cpu_minutes": minutes, "steps": args.steps, "lr_schedule": "constant", "phases": []},
+    }
+    summary = train_bundle(
+        args.bundle, data=args.data, corpus=args.corpus, output=out, resume=args.resume, overrides=overrides, config="train_prior"
+    )
     settings = bundle_settings(args.bundle, "train_prior")
-    effective = {k: ({**settings[k], **overrides[k]} if k in overrides else settings[k]) for k in ("scale", "window", "prior", "data", "train")}
+    effective = {
+        k: ({**settings[k], **overrides[k]} if k in overrides else settings[k]) for k in ("scale", "window", "prior", "data", "train")
+    }
     (out / "baseline_config.json").write_text(json.dumps(effective, indent=2) + "\n")
     print(f"{out}: {summary['steps']} steps, {summary['cpu_time_s'] / 60:.1f} CPU-minutes (budget {minutes:.1f})")
 

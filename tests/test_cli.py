@@ -14,7 +14,8 @@ from qdm_med.cli import app
 
 runner = CliRunner()
 
-COMMANDS = [[], ["degrade"], ["upscale"], ["evaluate"], ["mask"], ["train"], ["demo"], ["data"], ["data", "fetch"], ["data", "list"]]
+COMMANDS = [[], ["degrade"], ["upscale"], ["evaluate"], ["mask"], ["train"], ["demo"], ["data"], ["data", "fetch"], ["data", "list"],
+            ["bench"]]
 
 
 def _nifti(path, shape=(32, 24, 3), affine=None, seed=0):
@@ -241,9 +242,20 @@ def test_degrade_non_axial_storage_degrades_the_axial_planes(tmp_path):
     p[3, 3] = p[2, 0] = p[1, 1] = p[0, 2] = 1  # stored (z, y, x)
     nib.save(nib.Nifti1Image(np.ascontiguousarray(arr.transpose(2, 1, 0)), affine @ p), str(tmp_path / "zyx.nii.gz"))
     for name in ("axial", "zyx"):
-        r = runner.invoke(app, ["degrade", str(tmp_path / f"{name}.nii.gz"), "-o", str(tmp_path / f"{name}_lr.nii.gz"), "--scale", "4", "-q"])
+        args = ["degrade", str(tmp_path / f"{name}.nii.gz"), "-o", str(tmp_path / f"{name}_lr.nii.gz"), "--scale", "4", "-q"]
+        r = runner.invoke(app, args)
         assert r.exit_code == 0, r.output
     ax, zyx = nib.load(str(tmp_path / "axial_lr.nii.gz")), nib.load(str(tmp_path / "zyx_lr.nii.gz"))
     assert ax.shape == (8, 6, 3) and zyx.shape == (3, 6, 8)
     np.testing.assert_array_equal(np.asarray(zyx.dataobj), np.asarray(ax.dataobj).transpose(2, 1, 0))
     np.testing.assert_allclose(zyx.affine, ax.affine @ p, atol=1e-4)
+
+
+def test_bench_rejects_unknown_suite_and_existing_output_before_any_work(tmp_path):
+    r = runner.invoke(app, ["bench", "--suites", "threshold,warp", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "warp" in r.output and "Traceback" not in r.output
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "benchmarks.md").write_text("old")
+    r = runner.invoke(app, ["bench", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "exists" in r.output
+    assert (tmp_path / "b" / "benchmarks.md").read_text() == "old"

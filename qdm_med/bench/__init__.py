@@ -57,8 +57,8 @@ def run_bench(
     from qdm_med._atomic import atomic_path, check_output_path
     from qdm_med.bench import suites as S
     from qdm_med.errors import ConfigError
-    from qdm_med.inference.run import default_bundle_dir
     from qdm_med.inference.volume import _progress, resolve_device
+    from qdm_med.jobs.resolve import default_bundle_dir
     from qdm_med.reports.json_report import to_jsonable
 
     chosen = list(SUITES if not suites else suites)

@@ -79,32 +79,104 @@ def markdown_report(results: dict) -> str:
                      f"{s0['speedup_vs_dense']:.2f}x faster than the dense path (all windows in one call); skipping "
                      f"{results.get('sparsity', 'window')}s adds {t['sparse_speedup_at_default'] / s0['speedup_vs_dense']:.2f}x.")
     if "gather_speedup" in t:
-        lines.append(f"- Batched gather vs per-window loop: **{t['gather_speedup']:.2f}x** (target 2x: {'met' if t['gather_speedup_met'] else 'not met'}).")
+        lines.append(
+            f"- Batched gather vs per-window loop: **{t['gather_speedup']:.2f}x** "
+            f"(target 2x: {'met' if t['gather_speedup_met'] else 'not met'})."
+        )
     if "memory_exponent_max" in t:
-        lines.append(f"- Peak memory vs pixels, largest log-log slope: {t['memory_exponent_max']:.2f} "
-                     f"({'no faster than linear' if t['memory_linear_met'] else 'faster than linear'}).")
+        lines.append(
+            f"- Peak memory vs pixels, largest log-log slope: {t['memory_exponent_max']:.2f} "
+            f"({'no faster than linear' if t['memory_linear_met'] else 'faster than linear'})."
+        )
     sections = [
-        ("threshold_sweep", "1. Mask threshold sweep", [
-            ("setting", "setting", 0), ("density", "token density", 3), ("active_windows", "active windows", 3),
-            ("computed_tokens", "tokens computed", 3),
-            ("gmacs_per_slice", "GMACs/slice", 2), ("mac_reduction", "MACs full/sparse", 2), ("seconds_per_slice", "s/slice", 3),
-            ("dense_seconds_per_slice", "dense s/slice", 3), ("speedup_vs_dense", "dense/sparse time", 2), ("peak_mb", "peak MB", 1),
-            ("psnr", "PSNR", 2), ("psnr_minus_full", "dPSNR vs full", 2), ("ssim", "SSIM", 4), ("lpips", "LPIPS", 4)]),
-        ("sampler_sweep", "2. Samplers (default threshold)", [
-            ("setting", "sampler", 0), ("psnr", "PSNR", 2), ("ssim", "SSIM", 4), ("lpips", "LPIPS", 4), ("seconds_per_slice", "s/slice", 3)]),
-        ("slice_scaling", "3a. Scaling with slice size (one slice)", [
-            ("output_size", "output px", 0), ("pixels", "pixels", 0), ("path", "path", 0), ("seconds", "s", 3),
-            ("peak_mb", "peak MB", 1), ("density", "density", 3), ("seconds_exponent", "time slope", 2), ("peak_mb_exponent", "memory slope", 2)]),
-        ("volume_scaling", "3b. Scaling with volume length (slice-wise inferencer)", [
-            ("slices", "slices", 0), ("path", "path", 0), ("seconds", "s", 2), ("slices_per_second", "slices/s", 2),
-            ("peak_mb", "peak MB", 1), ("seconds_exponent", "time slope", 2), ("peak_mb_exponent", "memory slope", 2)]),
-        ("gather_vs_loop", "4. Batched active-window gather vs per-window Python loop (one QDM call)", [
-            ("threshold", "s", 2), ("batch", "batch", 0), ("active_windows", "active", 0), ("total_windows", "windows", 0),
-            ("batched_seconds", "batched s", 4), ("loop_seconds", "loop s", 4), ("speedup", "loop/batched", 2), ("max_abs_diff", "max abs diff", 7)]),
-        ("end_to_end", "5. End to end: `qdm-med upscale` (seconds)", [
-            ("input_shape", "input", 0), ("output_shape", "output", 0), ("load", "load", 2), ("encode", "encode", 2),
-            ("sampling", "sampling", 2), ("decode", "decode", 2), ("slicewise_other", "window/tile/merge", 2), ("write", "write", 2),
-            ("total", "total", 2), ("slices_per_second", "slices/s", 2)]),
+        (
+            "threshold_sweep",
+            "1. Mask threshold sweep",
+            [
+                ("setting", "setting", 0),
+                ("density", "token density", 3),
+                ("active_windows", "active windows", 3),
+                ("computed_tokens", "tokens computed", 3),
+                ("gmacs_per_slice", "GMACs/slice", 2),
+                ("mac_reduction", "MACs full/sparse", 2),
+                ("seconds_per_slice", "s/slice", 3),
+                ("dense_seconds_per_slice", "dense s/slice", 3),
+                ("speedup_vs_dense", "dense/sparse time", 2),
+                ("peak_mb", "peak MB", 1),
+                ("psnr", "PSNR", 2),
+                ("psnr_minus_full", "dPSNR vs full", 2),
+                ("ssim", "SSIM", 4),
+                ("lpips", "LPIPS", 4),
+            ],
+        ),
+        (
+            "sampler_sweep",
+            "2. Samplers (default threshold)",
+            [
+                ("setting", "sampler", 0),
+                ("psnr", "PSNR", 2),
+                ("ssim", "SSIM", 4),
+                ("lpips", "LPIPS", 4),
+                ("seconds_per_slice", "s/slice", 3),
+            ],
+        ),
+        (
+            "slice_scaling",
+            "3a. Scaling with slice size (one slice)",
+            [
+                ("output_size", "output px", 0),
+                ("pixels", "pixels", 0),
+                ("path", "path", 0),
+                ("seconds", "s", 3),
+                ("peak_mb", "peak MB", 1),
+                ("density", "density", 3),
+                ("seconds_exponent", "time slope", 2),
+                ("peak_mb_exponent", "memory slope", 2),
+            ],
+        ),
+        (
+            "volume_scaling",
+            "3b. Scaling with volume length (slice-wise inferencer)",
+            [
+                ("slices", "slices", 0),
+                ("path", "path", 0),
+                ("seconds", "s", 2),
+                ("slices_per_second", "slices/s", 2),
+                ("peak_mb", "peak MB", 1),
+                ("seconds_exponent", "time slope", 2),
+                ("peak_mb_exponent", "memory slope", 2),
+            ],
+        ),
+        (
+            "gather_vs_loop",
+            "4. Batched active-window gather vs per-window Python loop (one QDM call)",
+            [
+                ("threshold", "s", 2),
+                ("batch", "batch", 0),
+                ("active_windows", "active", 0),
+                ("total_windows", "windows", 0),
+                ("batched_seconds", "batched s", 4),
+                ("loop_seconds", "loop s", 4),
+                ("speedup", "loop/batched", 2),
+                ("max_abs_diff", "max abs diff", 7),
+            ],
+        ),
+        (
+            "end_to_end",
+            "5. End to end: `qdm-med upscale` (seconds)",
+            [
+                ("input_shape", "input", 0),
+                ("output_shape", "output", 0),
+                ("load", "load", 2),
+                ("encode", "encode", 2),
+                ("sampling", "sampling", 2),
+                ("decode", "decode", 2),
+                ("slicewise_other", "window/tile/merge", 2),
+                ("write", "write", 2),
+                ("total", "total", 2),
+                ("slices_per_second", "slices/s", 2),
+            ],
+        ),
     ]
     for key, title, cols in sections:
         if results.get(key):

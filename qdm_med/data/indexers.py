@@ -11,7 +11,6 @@ Each indexer returns :class:`VolumeRecord` s sorted by patient id. Layouts:
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 
@@ -69,14 +68,9 @@ def index_segrap(root, include_contrast: bool = False) -> list[VolumeRecord]:
 
 
 def _is_dicom_file(p: Path) -> bool:
-    if p.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(132)
-        return len(head) == 132 and head[128:132] == b"DICM"
-    except OSError:
-        return False
+    from qdm_med.io._util import has_dicm_preamble
+
+    return p.suffix.lower() == ".dcm" or has_dicm_preamble(p)
 
 
 def _volume_suffix(p: Path) -> bool:

@@ -2,8 +2,8 @@
 
 :class:`CTSliceDataset` indexes every axial slice of a list of volumes that is not nearly all air,
 serves it as ``{"hr": (1, H, W) float32 in [-1, 1], "patient", "slice"}`` resized to ``hr_size`` (the
-paper uses 512), optionally random-cropped and flipped, then passes the dict through ``transform`` (e.g.
-:class:`qdm_med.transforms.MakeLRHRPaird`, which adds ``"lr"``). Decoded volumes are cached in memory
+paper uses 512), optionally random-cropped and flipped, then passes the dict through ``transform`` (training's pairing adds ``"lr"``,
+:mod:`qdm_med.training.data`). Decoded volumes are cached in memory
 (least recently used first out), so an epoch reads each file once.
 
 Randomness (crops, flips) is a function of ``(seed, epoch, index)``: call :meth:`set_epoch` each epoch;
@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from qdm_med.data.indexers import VolumeRecord
 from qdm_med.errors import InputError
-from qdm_med.transforms.intensity import DEFAULT_WINDOW, HUWindow
+from qdm_med.transforms.window import DEFAULT_WINDOW, HUWindow
 
 __all__ = ["CTSliceDataset", "NaturalImageDataset", "NATURAL_TRAIN", "NATURAL_VAL", "random_crop_flip"]
 
@@ -132,14 +132,30 @@ class CTSliceDataset(Dataset):
         img = torch.from_numpy(np.ascontiguousarray(self._to_unit(self.slice_hu(i))))[None]
         if self.hr_size is not None and tuple(img.shape[-2:]) != (self.hr_size, self.hr_size):
             img = F.interpolate(img[None], size=(self.hr_size, self.hr_size), mode="bilinear", align_corners=False, antialias=True)[0]
-        img = random_crop_flip(img, self.crop_size, self.flips, _generator(self.seed, self.epoch, i)) if (self.crop_size or self.flips) else img
+        img = (
+            random_crop_flip(img, self.crop_size, self.flips, _generator(self.seed, self.epoch, i))
+            if (self.crop_size or self.flips)
+            else img
+        )
         sample = {"hr": img.clamp(-1, 1), "patient": self.records[v].patient_id, "slice": k}
         return self.transform(sample) if self.transform is not None else sample
 
 
 #: scikit-image photos for the natural-image bundle; validation photos are never trained on.
 #: (``cat`` is the same photo as ``chelsea``, so it is in neither list.)
-NATURAL_TRAIN = ("astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "brick", "grass", "gravel", "camera", "moon", "clock")
+NATURAL_TRAIN = (
+    "astronaut",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "brick",
+    "grass",
+    "gravel",
+    "camera",
+    "moon",
+    "clock",
+)
 NATURAL_VAL = ("chelsea", "retina", "coins")
 
 
@@ -149,8 +165,15 @@ class NaturalImageDataset(Dataset):
     ``length`` samples per epoch, each a random crop of a random photo, a function of (seed, epoch, index).
     """
 
-    def __init__(self, names: Sequence[str] = NATURAL_TRAIN, crop_size: int | None = 128, length: int = 1000,
-                 flips: bool = True, transform: Callable[[dict], dict] | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        names: Sequence[str] = NATURAL_TRAIN,
+        crop_size: int | None = 128,
+        length: int = 1000,
+        flips: bool = True,
+        transform: Callable[[dict], dict] | None = None,
+        seed: int = 0,
+    ) -> None:
         from skimage import data as skdata
 
         self.images = []

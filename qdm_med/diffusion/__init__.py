@@ -19,7 +19,6 @@ from qdm_med.diffusion.samplers import (
     UniformSampler,
     make_plan,
     make_sampler,
-    make_timesteps,
 )
 from qdm_med.diffusion.schedule import Schedule, exponential_sqrt_etas
 
@@ -36,5 +35,4 @@ __all__ = [
     "SAMPLERS",
     "make_sampler",
     "make_plan",
-    "make_timesteps",
 ]

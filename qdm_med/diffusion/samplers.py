@@ -56,7 +56,6 @@ __all__ = [
     "SAMPLERS",
     "make_sampler",
     "make_plan",
-    "make_timesteps",
 ]
 
 @dataclass(frozen=True)
@@ -344,5 +343,3 @@ def make_plan(
     return make_sampler(name, steps, **params).plan(T, lr=lr, latent_size=latent_size)
 
 
-# The contract's name for the same entry point.
-make_timesteps = make_plan

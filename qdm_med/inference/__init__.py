@@ -1,15 +1,12 @@
-"""Inference: the LR->SR module (:mod:`.pipeline`), bundles (:mod:`.bundle`), the slice-wise volume
-inferencer (:mod:`.volume`, :mod:`.tiling`), and the user jobs behind ``upscale``/``evaluate``/``mask``
-(:mod:`.run`, :mod:`.scoring`, :mod:`.preview`). Submodules load on first use."""
+"""Inference: the slice-wise volume inferencer (:mod:`.volume`, :mod:`.tiling`, :mod:`.runtime`,
+:mod:`.seeding`), the bicubic baseline (:mod:`.baseline`) and the bundles at this layer (:mod:`.bundle`).
+The user jobs are in :mod:`qdm_med.jobs`. Submodules load on first use."""
 
 from __future__ import annotations
 
 import importlib
 
-_SUBMODULES = (
-    "baseline", "bundle", "inputs", "mask", "outputs", "pipeline", "preview", "resolve", "run", "runtime", "scoring", "seeding", "tiling",
-    "volume",
-)
+_SUBMODULES = ("baseline", "bundle", "runtime", "seeding", "tiling", "volume")
 
 
 def __getattr__(name: str):

@@ -3,7 +3,7 @@
 :class:`SliceWiseInferencer` upscales a :class:`qdm_med.io.Volume` in-plane (axes 0 and 1) slice by slice:
 
 1. axial slices ``array[:, :, k]`` are taken as images with rows = Y (j) and columns = X (i) -- the same
-   orientation :mod:`qdm_med.simulate` degrades them in -- and stacked into batches ``(B, 1, Y, X)``;
+   orientation :mod:`qdm_med.data.simulate` degrades them in -- and stacked into batches ``(B, 1, Y, X)``;
 2. HU -> [-1, 1] with the model window (:class:`qdm_med.transforms.HUWindow`, clipped);
 3. the SR callable runs on the batch through :class:`~qdm_med.inference.tiling.TiledSR` (padding to the
    model stride, overlapping tiles above ``tile_size`` LR pixels);
@@ -52,6 +52,7 @@ from qdm_med.errors import ConfigError, InputError
 from qdm_med.inference.runtime import InfoAggregator, Timer, amp_dtype, autocast_context, progress_bar, resolve_device
 from qdm_med.inference.seeding import SeededCall, accepts_generator
 from qdm_med.inference.tiling import TiledSR
+from qdm_med.transforms.window import DEFAULT_WINDOW  # noqa: F401  (part of this module's API: the model window)
 
 logger = logging.getLogger("qdm_med")
 
@@ -68,8 +69,6 @@ __all__ = [
 
 _progress = progress_bar  # the name qdm_med.bench imports
 
-#: Model window in HU (CONTRACT: [-1024, 2048] -> [-1, 1]).
-DEFAULT_WINDOW: tuple[float, float] = (-1024.0, 2048.0)
 
 SRFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -143,7 +142,7 @@ class SliceWiseInferencer:
         console=None,
         slice_indices: Sequence[int] | None = None,
     ) -> None:
-        from qdm_med.transforms import HUWindow, InverseHUWindow
+        from qdm_med.transforms.window import HUWindow, InverseHUWindow
 
         self.scale = int(scale)
         model_scale = _sr_attr(sr_fn, "scale")

@@ -16,7 +16,8 @@ from qdm_med.io.dicom import DicomSeriesInfo, list_dicom_series
 from qdm_med.io.dicom_write import write_dicom_series
 from qdm_med.io.geometry import scaled_affine
 from qdm_med.io.images import is_image_path, load_image, save_image
-from qdm_med.io.volume import Volume, is_volume_path, load_volume, save_volume
+from qdm_med.io.types import Volume
+from qdm_med.io.volume import is_volume_path, load_volume, save_volume
 
 __all__ = [
     "Volume",

@@ -41,3 +41,35 @@ def warn(path: str | os.PathLike, message: str, sink: list[str] | None = None) -
     if sink is not None:
         sink.append(text)
     return text
+
+
+def has_dicm_preamble(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a file with the DICOM Part 10 preamble (``DICM`` at byte 128)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def as_int(value) -> int | None:
+    """``int(value)``, or None when the value (e.g. a DICOM element) is missing or not a number."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def float_vector(ds, keyword: str, n: int):
+    """The DICOM element ``keyword`` of ``ds`` as a finite float64 vector of length ``n``, else None."""
+    import numpy as np
+
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    try:
+        arr = np.asarray([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return arr if arr.shape == (n,) and np.all(np.isfinite(arr)) else None

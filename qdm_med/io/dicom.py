@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from qdm_med.errors import InputError
-from qdm_med.io._util import logger, one_line, warn
+from qdm_med.io._util import as_int, float_vector, has_dicm_preamble, logger, one_line, warn
 from qdm_med.io.geometry import dicom_affine
-from qdm_med.io.volume import Volume
+from qdm_med.io.types import Volume
 
 __all__ = ["DicomSeriesInfo", "list_dicom_series", "load_dicom", "PIXEL_DATA_KEYWORDS"]
 
@@ -76,15 +76,6 @@ class DicomSeriesInfo:
         return f"#{num} {self.series_uid} '{self.description}' ({self.n_images} slices, {self.modality or 'no modality'})"
 
 
-def _has_dicm_preamble(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
 def _read_header(path: Path):
     """Header of a DICOM file (no pixel data), or None when the file is not DICOM at all."""
     import pydicom
@@ -95,7 +86,7 @@ def _read_header(path: Path):
     except InvalidDicomError:
         return None
     except Exception as err:
-        if _has_dicm_preamble(path):
+        if has_dicm_preamble(path):
             raise InputError(f"{path}: unreadable DICOM header, file truncated or corrupt ({one_line(err)})") from None
         return None
 
@@ -107,13 +98,6 @@ def _iter_files(folder: Path):
         for name in sorted(files):
             if not name.startswith("."):
                 yield Path(root) / name
-
-
-def _as_int(value) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeriesInfo]:
@@ -139,7 +123,7 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeriesInfo]:
         if info is None:
             info = groups[uid] = DicomSeriesInfo(
                 series_uid=uid,
-                series_number=_as_int(ds.get("SeriesNumber")),
+                series_number=as_int(ds.get("SeriesNumber")),
                 description=str(ds.get("SeriesDescription", "") or ""),
                 modality=str(ds.get("Modality", "") or ""),
                 study_uid=str(ds.get("StudyInstanceUID", "") or ""),
@@ -194,23 +178,12 @@ def _select_series(folder: Path, infos: list[DicomSeriesInfo], series: str | Non
     raise InputError(f"{folder}: no DICOM series matches --series {key!r}; available: {listing}")
 
 
-def _fvec(ds, keyword: str, n: int) -> np.ndarray | None:
-    value = ds.get(keyword)
-    if value is None:
-        return None
-    try:
-        arr = np.asarray([float(v) for v in value], dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-    return arr if arr.shape == (n,) and np.all(np.isfinite(arr)) else None
-
-
 def _check_pixels_module(path: Path, ds) -> None:
-    samples = _as_int(ds.get("SamplesPerPixel", 1)) or 1
+    samples = as_int(ds.get("SamplesPerPixel", 1)) or 1
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if samples > 1 or not photometric.startswith("MONOCHROME"):
         raise InputError(f"{path}: colour DICOM ({photometric}, {samples} samples per pixel) is not a CT image")
-    frames = _as_int(ds.get("NumberOfFrames", 1)) or 1
+    frames = as_int(ds.get("NumberOfFrames", 1)) or 1
     if frames > 1:
         raise InputError(
             f"{path}: multi-frame DICOM ({frames} frames) is not supported; convert it to NIfTI (e.g. dcm2niix) first"
@@ -256,8 +229,8 @@ def _order_slices(label: Path, files: list[Path], datasets: list, force: bool, w
         slice k to k+1, the LPS position of slice 0 and the sorted positions along the normal (mm).
     """
     n = len(datasets)
-    iops = [_fvec(ds, "ImageOrientationPatient", 6) for ds in datasets]
-    ipps = [_fvec(ds, "ImagePositionPatient", 3) for ds in datasets]
+    iops = [float_vector(ds, "ImageOrientationPatient", 6) for ds in datasets]
+    ipps = [float_vector(ds, "ImagePositionPatient", 3) for ds in datasets]
     missing = [f for f, o, p in zip(files, iops, ipps) if o is None or p is None]
     if missing:
         if n > 1:
@@ -282,7 +255,7 @@ def _order_slices(label: Path, files: list[Path], datasets: list, force: bool, w
     sizes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
     if len(sizes) > 1:
         raise InputError(f"{label}: slices of different sizes in one series ({sorted(sizes)})")
-    spacings = [_fvec(ds, "PixelSpacing", 2) for ds in datasets]
+    spacings = [float_vector(ds, "PixelSpacing", 2) for ds in datasets]
     if any(s is None for s in spacings):
         warn(label, "no PixelSpacing; assuming 1 mm pixels", warnings)
         spacings = [np.ones(2)] * n
@@ -394,7 +367,7 @@ def load_dicom(
             raise InputError(f"{path}: not a DICOM file")
         info = DicomSeriesInfo(
             series_uid=str(header.get("SeriesInstanceUID", "") or ""),
-            series_number=_as_int(header.get("SeriesNumber")),
+            series_number=as_int(header.get("SeriesNumber")),
             description=str(header.get("SeriesDescription", "") or ""),
             modality=str(header.get("Modality", "") or ""),
             study_uid=str(header.get("StudyInstanceUID", "") or ""),

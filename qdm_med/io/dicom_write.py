@@ -19,9 +19,9 @@ import numpy as np
 
 from qdm_med._atomic import atomic_path
 from qdm_med.errors import InputError
-from qdm_med.io.dicom import _as_int, _fvec
+from qdm_med.io._util import as_int, float_vector
 from qdm_med.io.geometry import dicom_derived_position, dicom_slice_geometry, flip_lps_ras
-from qdm_med.io.volume import Volume
+from qdm_med.io.types import Volume
 
 __all__ = ["write_dicom_series", "complete_type2", "DERIVED_IMAGE_TYPE", "DROPPED_KEYWORDS", "TYPE2_KEYWORDS"]
 
@@ -85,7 +85,11 @@ def _geometry_from_headers(out_dir: Path, vol: Volume, headers: Sequence, scale:
 
     geo = []
     for ds in headers:
-        iop, ipp, ps = (_fvec(ds, "ImageOrientationPatient", 6), _fvec(ds, "ImagePositionPatient", 3), _fvec(ds, "PixelSpacing", 2))
+        iop, ipp, ps = (
+            float_vector(ds, "ImageOrientationPatient", 6),
+            float_vector(ds, "ImagePositionPatient", 3),
+            float_vector(ds, "PixelSpacing", 2),
+        )
         if iop is None or ipp is None or ps is None:
             return None
         geo.append((iop, ps / scale, dicom_derived_position(ipp, iop, ps, scale)))
@@ -117,7 +121,7 @@ def _minimal_ct_header(vol: Volume, study_uid: str, frame_uid: str, slice_thickn
     from pydicom.dataset import Dataset
     from pydicom.uid import CTImageStorage
 
-    import qdm_med
+    from qdm_med._version import __version__
 
     src = Path(str(vol.meta.get("path", "volume"))).name
     stem = src[: -len(".nii.gz")] if src.lower().endswith(".nii.gz") else Path(src).stem
@@ -141,7 +145,7 @@ def _minimal_ct_header(vol: Volume, study_uid: str, frame_uid: str, slice_thickn
     ds.FrameOfReferenceUID = frame_uid
     ds.PositionReferenceIndicator = ""
     ds.Manufacturer = ""
-    ds.SoftwareVersions = f"qdm-med {qdm_med.__version__}"[:64]
+    ds.SoftwareVersions = f"qdm-med {__version__}"[:64]
     ds.KVP = ""
     ds.AcquisitionNumber = ""
     ds.SliceThickness = _ds(slice_thickness)
@@ -216,7 +220,7 @@ def write_dicom_series(
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
-    import qdm_med
+    from qdm_med._version import __version__
 
     out_dir = Path(out_dir)
     s = float(scale)
@@ -229,9 +233,7 @@ def write_dicom_series(
             raise InputError(f"{out_dir}: the volume has {nz} slices but there are {len(headers)} source DICOM headers")
         geometry = _geometry_from_headers(out_dir, vol, headers, s) or _geometry_from_affine(out_dir, vol)
         templates = headers
-        rescale = [
-            (float(h.get("RescaleSlope", 1.0) or 1.0), float(h.get("RescaleIntercept", 0.0) or 0.0)) for h in headers
-        ]
+        rescale = [(float(h.get("RescaleSlope", 1.0) or 1.0), float(h.get("RescaleIntercept", 0.0) or 0.0)) for h in headers]
         if any(m == 0 for m, _ in rescale):
             rescale = [_FALLBACK_RESCALE] * nz
     else:
@@ -253,13 +255,13 @@ def write_dicom_series(
         stored = [np.clip(np.rint(x.astype(np.float64) + 1024.0), _INT16_MIN, _INT16_MAX).astype(np.int16) for x in slices_hu]
 
     has_source = source_headers is not None or study_template is not None
-    source_number = (_as_int(templates[0].get("SeriesNumber")) or 0) if has_source else 0
+    source_number = (as_int(templates[0].get("SeriesNumber")) or 0) if has_source else 0
     number = int(series_number) if series_number is not None else source_number + 1000
     suffix = f" SR x{s:g}" if description_suffix is None else description_suffix
     base = str(templates[0].get("SeriesDescription", "") or "")
     description = (base[: max(0, 64 - len(suffix))] + suffix)[:64]
     derivation = derivation_description or (
-        f"In-plane super-resolution x{s:g} by qdm-med {qdm_med.__version__}"
+        f"In-plane super-resolution x{s:g} by qdm-med {__version__}"
         + ("" if source_headers is not None else f" from {Path(str(vol.meta.get('path', 'volume'))).name}")
     )
     series_uid, study_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()  # the last two only when missing

@@ -16,7 +16,7 @@ from qdm_med._atomic import atomic_path
 from qdm_med.errors import InputError, OutputError
 from qdm_med.io._util import one_line, suffix_of
 from qdm_med.io.geometry import affine_from_itk, itk_from_affine
-from qdm_med.io.volume import Volume, hu_to_int16
+from qdm_med.io.types import Volume, hu_to_int16
 
 __all__ = ["load_itk", "save_itk"]
 

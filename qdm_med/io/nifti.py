@@ -14,7 +14,7 @@ import numpy as np
 from qdm_med._atomic import atomic_path
 from qdm_med.errors import InputError
 from qdm_med.io._util import one_line, warn
-from qdm_med.io.volume import Volume, hu_to_int16
+from qdm_med.io.types import Volume, hu_to_int16
 
 __all__ = ["load_nifti", "save_nifti"]
 

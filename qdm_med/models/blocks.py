@@ -186,7 +186,8 @@ class CrossAttention(nn.Module):
         d = self.q.out_features
         return self.kv(context).view(b, m, 2, self.heads, d // self.heads).permute(0, 2, 3, 1, 4)
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor, bidx: torch.Tensor | None = None, layout: TokenLayout | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, bidx: torch.Tensor | None = None,
+                layout: TokenLayout | None = None) -> torch.Tensor:
         """x (n, N, D) window tokens, kv (B, 2, heads, M, d), bidx (n,) batch item of each row
         (None: row i uses kv[i]) -> (n, N, D). With a ``layout``, x is packed (1, n, D)."""
         if layout is not None:
@@ -263,8 +264,15 @@ class WindowCrossBlock(nn.Module):
     def modulation(self, c: torch.Tensor) -> torch.Tensor:
         return self.ada(c)
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor, mod: torch.Tensor, bidx: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None, layout: TokenLayout | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        kv: torch.Tensor,
+        mod: torch.Tensor,
+        bidx: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        layout: TokenLayout | None = None,
+    ) -> torch.Tensor:
         """x (n, N, D); kv (B, 2, heads, M, d) with ``bidx`` (n,) the batch item of each row, or per row when
         ``bidx`` is None; mod (n, 12D) or per-token (n, N, 12D); ``mask`` (n, 1, N, N) bool self-attention
         mask. With a ``layout`` (:class:`TokenLayout`), x is packed (1, n, D) and mod (1, n, 12D)."""
@@ -326,3 +334,42 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, offset: tuple[int, i
     gy, gx = np.meshgrid(oy + np.arange(grid_h, dtype=np.float64), ox + np.arange(grid_w, dtype=np.float64), indexing="ij")
     emb = np.concatenate([one_d(dim // 2, gy), one_d(dim // 2, gx)], axis=1)
     return torch.from_numpy(emb).float()
+
+
+class DetailBranch(nn.Module):
+    """The downstream's convolutional detail branch: (n, Cin+1, S+2r, S+2r) -> (n, Cz, S, S), valid convolutions.
+
+    ``conv_in`` (3x3, Cin+1 -> C), GELU, ``res`` (``blocks`` :class:`ValidConvResBlock`, possibly none),
+    ``conv_mid`` (3x3), GELU, ``conv_out`` (3x3, C -> Cz, zero-initialised by the model): the halo ``r`` is
+    3 + 2 x blocks pixels. Parameters are registered in the order of the former positional layout
+    (``detail.0/2/4``, then ``detail_res``), whose state-dict keys :meth:`remap_legacy_keys` translates.
+    """
+
+    #: former state-dict key prefixes (an ``nn.Sequential`` indexed by position, and the sibling residual list)
+    LEGACY_KEYS = {
+        "detail.0.": "detail.conv_in.",
+        "detail.2.": "detail.conv_mid.",
+        "detail.4.": "detail.conv_out.",
+        "detail_res.": "detail.res.",
+    }
+
+    def __init__(self, in_channels: int, channels: int, out_channels: int, blocks: int = 0) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, channels, 3)
+        self.conv_mid = nn.Conv2d(channels, channels, 3)
+        self.conv_out = nn.Conv2d(channels, out_channels, 3)
+        self.res = nn.Sequential(*[ValidConvResBlock(channels) for _ in range(int(blocks))])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.res(F.gelu(self.conv_in(z)))
+        return self.conv_out(F.gelu(self.conv_mid(h)))
+
+    @classmethod
+    def remap_legacy_keys(cls, state_dict: dict, prefix: str) -> None:
+        """Rename, in place, the former keys under ``prefix`` (e.g. ``"qdm."``) to this module's names."""
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            rest = key[len(prefix) :]
+            for old, new in cls.LEGACY_KEYS.items():
+                if rest.startswith(old):
+                    state_dict[prefix + new + rest[len(old) :]] = state_dict.pop(key)
+                    break

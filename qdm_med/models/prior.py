@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from qdm_med.errors import ConfigError
-from qdm_med.transforms.pairs import bicubic_upsample
+from qdm_med.transforms.resample import bicubic_upsample
 
 __all__ = ["ResidualCNN", "build_prior"]
 
@@ -82,7 +82,9 @@ class ResidualCNN(nn.Module):
         """Multiply-accumulates of the convolutions for an SR output of size ``sr_hw`` (the bicubic skip and
         the reshuffles are not counted)."""
         pixels = (int(sr_hw[0]) // self.unshuffle) * (int(sr_hw[1]) // self.unshuffle)
-        per_pixel = sum(m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] for m in self.modules() if isinstance(m, nn.Conv2d))
+        per_pixel = sum(
+            m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] for m in self.modules() if isinstance(m, nn.Conv2d)
+        )
         return int(batch) * pixels * per_pixel
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from qdm_med.models.blocks import AttentionGroup, DiTBlock, FinalLayer, TimestepEmbedder, TokenLayout, ValidConvResBlock, WindowCrossBlock, sincos_pos_embed_2d
+from qdm_med.models import sparse
+from qdm_med.models.blocks import DetailBranch, DiTBlock, FinalLayer, TimestepEmbedder, WindowCrossBlock, sincos_pos_embed_2d
+from qdm_med.models.macs import qdm_macs
 
 __all__ = ["QDM_CONFIGS", "DualStreamQDM", "build_qdm"]
 
@@ -77,7 +79,7 @@ class DualStreamQDM(nn.Module):
     """
 
     #: parameter-name prefix of the detail branch's residual blocks (absent from models without them)
-    ADDED_BY_DETAIL_BLOCKS = "detail_res."
+    ADDED_BY_DETAIL_BLOCKS = "detail.res."
     #: side, in tokens, of the units the sparse path computes the detail branch on (divides the window)
     DETAIL_UNIT = 2
     #: grid lengths of the token-sparse self-attention: a window attends on the shortest holding its tokens
@@ -139,10 +141,9 @@ class DualStreamQDM(nn.Module):
         self.detail_halo = 3 + 2 * self.detail_blocks  # one pixel per valid 3x3 convolution
         self.detail = None
         if self.detail_channels > 0:
-            fc = self.detail_channels
-            self.detail = nn.Sequential(nn.Conv2d(cin + 1, fc, 3), nn.GELU(), nn.Conv2d(fc, fc, 3), nn.GELU(), nn.Conv2d(fc, self.latent_channels, 3))
-            # a separate (possibly empty) list keeps the state-dict keys of models without blocks
-            self.detail_res = nn.Sequential(*[ValidConvResBlock(fc) for _ in range(self.detail_blocks)])
+            self.detail = DetailBranch(cin + 1, self.detail_channels, self.latent_channels, self.detail_blocks)
+        # checkpoints written before the branch had named layers load too
+        self._register_load_state_dict_pre_hook(lambda sd, prefix, *_: DetailBranch.remap_legacy_keys(sd, prefix))
         self.initialize_weights()
 
     # ----------------------------------------------------------------------------------------- init
@@ -165,8 +166,8 @@ class DualStreamQDM(nn.Module):
             nn.init.zeros_(fin.linear.weight)
             nn.init.zeros_(fin.linear.bias)
         if self.detail is not None:  # the branch starts silent, like the adaLN-Zero blocks
-            nn.init.zeros_(self.detail[-1].weight)
-            nn.init.zeros_(self.detail[-1].bias)
+            nn.init.zeros_(self.detail.conv_out.weight)
+            nn.init.zeros_(self.detail.conv_out.bias)
 
     # ------------------------------------------------------------------------------------- helpers
     def conditioning(self, lr: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -254,24 +255,6 @@ class DualStreamQDM(nn.Module):
         r = self.detail_halo
         return F.pad(torch.cat([x, self._t_channel(x, t)], dim=1), (r, r, r, r), mode="replicate")
 
-    def _halo_view(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """(B, Cin+1, nh, nw, 16+2r, 16+2r) view: each window's input with its halo (an unfold view of the
-        padded input: windows are copied only when gathered)."""
-        s, r = self.win_px, self.detail_halo
-        return self._detail_input(x, t).unfold(2, s + 2 * r, s).unfold(3, s + 2 * r, s)
-
-    def _detail(self, z: torch.Tensor) -> torch.Tensor:
-        """Detail branch on halo'd input (n, Cin+1, S+2r, S+2r) -> (n, Cz, S, S) (valid convolutions)."""
-        h = self.detail[1](self.detail[0](z))
-        return self.detail[4](self.detail[3](self.detail[2](self.detail_res(h))))
-
-    @staticmethod
-    def _gather_halo(view: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Rows ``ids`` (window order of :meth:`_windows`) of a halo view -> (n, Cin+1, S, S)."""
-        nh, nw = view.shape[2], view.shape[3]
-        nwin = nh * nw
-        return view[ids // nwin, :, (ids % nwin) // nw, ids % nw]
-
     def _attention_mask(self, win_mask: torch.Tensor | None) -> torch.Tensor | None:
         """Window self-attention mask (n, 1, 64, 64) from the windows' token masks (n, 64): with token
         sparsity a token attends to the tokens on its side of the mask; None for window sparsity."""
@@ -296,7 +279,8 @@ class DualStreamQDM(nn.Module):
         c = self.down_t(t_tok)
         return [blk.modulation(c) for blk in self.down_blocks], self.down_final.modulation(c)
 
-    def _run_windows(self, tok: torch.Tensor, bidx: torch.Tensor, widx: torch.Tensor, kvs, mods, t_tok, pos_w, halo=None, attn_mask=None) -> torch.Tensor:
+    def _run_windows(self, tok: torch.Tensor, bidx: torch.Tensor, widx: torch.Tensor, kvs, mods, t_tok, pos_w, halo=None,
+                     attn_mask=None) -> torch.Tensor:
         """Downstream blocks on whole windows' tokens (n, 64, Dd) -> pixels (n, Cz, 16, 16).
 
         ``bidx``/``widx``: batch item and window position of each row; ``kvs``: per block (B, 2, heads, Nu, d);
@@ -315,107 +299,31 @@ class DualStreamQDM(nn.Module):
         n, p, s = tok.shape[0], self.down_patch, self.window
         out = out.view(n, s, s, p, p, self.latent_channels).permute(0, 5, 1, 3, 2, 4).reshape(n, self.latent_channels, s * p, s * p)
         if halo is not None:
-            out = out + self._detail(halo)  # valid 3x3 convolutions: (16 + 2r) -> 16
+            out = out + self.detail(halo)  # valid 3x3 convolutions: (16 + 2r) -> 16
         return out
-
-    def _run_tokens(self, patches: torch.Tensor, wid: torch.Tensor, pos: torch.Tensor, layout: TokenLayout, nwin: int,
-                    kvs, mods, t_tok, pos_w) -> torch.Tensor:
-        """Downstream blocks on packed tokens -> (n, p, p, Cz) pixels per token.
-
-        ``patches``: (n, Cin, p, p) the tokens' input patches; ``wid``/``pos``: global window (batch-major)
-        and position in the window of each token; other arguments as in :meth:`_run_windows`.
-        """
-        tok = self.down_embed(patches).flatten(1) + pos_w[wid % nwin, pos]  # (n, Dd)
-        if mods is None:
-            block_mods, final_mod = self._token_modulations(t_tok[wid, pos])  # (n, 12Dd), (n, 2Dd)
-        else:  # the chunk is one image's (see _chunks): its modulations broadcast, no per-token copies
-            item = int(layout.batch[0])
-            block_mods = [m[item : item + 1] for m in mods[:-1]]
-            final_mod = mods[-1][item : item + 1]
-        tok = tok[None]  # packed rows: (1, n, Dd); modulations (1, 12Dd) or per token (1, n, 12Dd)
-        for blk, kv, mod in zip(self.down_blocks, kvs, block_mods):
-            tok = blk(tok, kv, mod[None], layout=layout)
-        p = self.down_patch
-        return self.down_final(tok, mod=final_mod[None])[0].view(-1, p, p, self.latent_channels)
-
-    @staticmethod
-    def _chunks(idx: torch.Tensor, nwin: int, chunk_size: int):
-        """Split active window ids (sorted, batch-major) into chunks of at most ``chunk_size`` windows of
-        one image each."""
-        step = max(1, int(chunk_size))
-        _, counts = torch.unique_consecutive(idx // nwin, return_counts=True)
-        for part in torch.split(idx, counts.tolist()):
-            yield from torch.split(part, step)
-
-    def _token_layout(self, sel: torch.Tensor, win_tok: torch.Tensor, nwin: int):
-        """The tokens to compute in active windows ``sel`` (one image's, batch-major ids) -> (window id (n,),
-        position in the window (n,), :class:`TokenLayout`).
-
-        Window sparsity: every token, each window's grid whole. Token sparsity: the active tokens only;
-        windows are grouped by the shortest of :attr:`ATTENTION_LENGTHS` (or the full window) that holds
-        their active tokens, which sit at the front of their window's grid (the rest is masked).
-        """
-        length, dev = self.window**2, sel.device
-        if not self.token_sparse:
-            pos = torch.arange(length, device=dev).repeat(sel.numel())
-            wid = sel.repeat_interleave(length)
-            return wid, pos, TokenLayout([AttentionGroup(0, wid.numel(), None, sel.numel(), length, None)], wid // nwin)
-        wmask = win_tok.index_select(0, sel)  # (nc, 64)
-        counts = wmask.sum(1)
-        rank = torch.cumsum(wmask, 1) - 1  # a token's place among its window's active tokens
-        wids, poss, groups, start, lower = [], [], [], 0, 0
-        for grid_len in [g for g in self.ATTENTION_LENGTHS if g < length] + [length]:
-            here = (counts > lower) & (counts <= grid_len)
-            lower = grid_len
-            if not bool(here.any()):
-                continue
-            m = wmask[here]
-            rows, pos = torch.nonzero(m).unbind(1)
-            key_mask = torch.arange(grid_len, device=dev)[None] < counts[here][:, None]
-            groups.append(AttentionGroup(start, start + rows.numel(), rows * grid_len + rank[here][rows, pos], m.shape[0], grid_len, key_mask))
-            wids.append(sel[here][rows])
-            poss.append(pos)
-            start += rows.numel()
-        wid = torch.cat(wids)
-        return wid, torch.cat(poss), TokenLayout(groups, wid // nwin)
-
-    def _detail_units(self, x: torch.Tensor, t: torch.Tensor, tok_mask: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, int]:
-        """The detail branch on the units (DETAIL_UNIT tokens square) holding an active token -> (pixels
-        (B, Cz, Hp, Wp), zero elsewhere; number of units computed)."""
-        b, _, hp, wp = x.shape
-        u = self.DETAIL_UNIT
-        px = u * self.down_patch
-        units = F.max_pool2d(tok_mask[:, None].float(), u)[:, 0] > 0  # (B, nuh, nuw)
-        ids = torch.nonzero(units)
-        out = x.new_zeros(b, hp // px, wp // px, self.latent_channels, px, px)
-        # the input and timestep channel once, channels-last (B, Hp, Wp, Cin+1): a unit's halo'd block is
-        # gathered as runs of contiguous pixels, already in the layout the convolutions run fastest on;
-        # clamped coordinates are the replicate padding of the dense pass
-        z = torch.cat([x.permute(0, 2, 3, 1), self._t_channel(x, t).permute(0, 2, 3, 1)], dim=3)
-        offsets = torch.arange(px + 2 * self.detail_halo, device=x.device) - self.detail_halo
-        step = max(1, int(chunk_size)) * (self.window // u) ** 2  # as many pixels per call as chunk_size windows
-        for start in range(0, ids.shape[0], step):
-            bi, ui, uj = ids[start : start + step].unbind(1)
-            rows = (ui[:, None] * px + offsets).clamp_(0, hp - 1)
-            cols = (uj[:, None] * px + offsets).clamp_(0, wp - 1)
-            out[bi, ui, uj] = self._detail(z[bi[:, None, None], rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2))
-        return out.permute(0, 3, 1, 4, 2, 5).reshape(b, self.latent_channels, hp, wp), int(ids.shape[0])
 
     def _down_setup(self, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor, pos_offset=(0, 0)):
         b, _, hp, wp = x.shape
         nwin = (hp // self.win_px) * (wp // self.win_px)
         k = self.up_patch // self.down_patch  # the same shift in downstream tokens
-        pos_w = self._windows(
-            self._pos(self.down_hidden, hp // self.down_patch, wp // self.down_patch, x, (pos_offset[0] * k, pos_offset[1] * k)).T.reshape(1, self.down_hidden, hp // self.down_patch, wp // self.down_patch),
-            self.window,
-        ).flatten(2).transpose(1, 2)  # (nWin, 64, Dd)
+        pos_w = (
+            self._windows(
+                self._pos(
+                    self.down_hidden, hp // self.down_patch, wp // self.down_patch, x, (pos_offset[0] * k, pos_offset[1] * k)
+                ).T.reshape(1, self.down_hidden, hp // self.down_patch, wp // self.down_patch),
+                self.window,
+            )
+            .flatten(2)
+            .transpose(1, 2)
+        )  # (nWin, 64, Dd)
         kvs = [blk.cross.project_kv(hidden) for blk in self.down_blocks]
         mods, t_tok = self._down_conditioning(t, b, hp, wp)
         return nwin, pos_w, kvs, mods, t_tok
 
     # ------------------------------------------------------------------------------------- forward
-    def forward(self, x_in: torch.Tensor, t, lr: torch.Tensor, pos_offset: tuple[int, int] = (0, 0),
-                token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x_in: torch.Tensor, t, lr: torch.Tensor, pos_offset: tuple[int, int] = (0, 0), token_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense path: ``(down, up)``, both (B, Cz, h, w); the downstream runs on every window.
 
         ``pos_offset``: (row, column) of the first upstream token in a larger grid. Training on crops draws
@@ -437,7 +345,7 @@ class DualStreamQDM(nn.Module):
         down = self._run_windows(tok, ids // nwin, ids % nwin, kvs, mods, t_tok, pos_w, attn_mask=attn_mask)
         down = self._unwindows(down, b, hp, wp)
         if self.detail is not None:  # once over the whole padded image: the same pixels as every window + halo
-            down = down + self._detail(self._detail_input(x, t))
+            down = down + self.detail(self._detail_input(x, t))
         skip = self._skip(x)
         down, up = down + skip, up + skip
         return down[..., :h, :w], up[..., :h, :w]
@@ -453,44 +361,7 @@ class DualStreamQDM(nn.Module):
             prediction (B, Cz, h, w) and ``{"active_windows", "total_windows", "active_tokens",
             "total_tokens", "active_units", "macs"}`` (tokens and detail units actually computed).
         """
-        x, t, (h, w) = self._prepare(x_in, t, lr)
-        b, _, hp, wp = x.shape
-        tok_mask = self._token_grid(token_mask, b, hp, wp, x.device)
-        up, hidden = self._upstream(x, t)
-        length, p = self.window**2, self.down_patch
-        win_tok = self._windows(tok_mask[:, None], self.window).flatten(1)  # (B*nWin, 64) bool
-        idx = torch.nonzero(win_tok.any(1)).flatten()
-        nwin = (hp // self.win_px) * (wp // self.win_px)
-        pred, n_tokens, n_units, pairs = up, 0, 0, 0
-        if idx.numel() > 0:
-            nwin, pos_w, kvs, mods, t_tok = self._down_setup(x, t, hidden)
-            # (B*nWin, 8, 8, Cin, p, p) view: every token's input patch, copied only when gathered
-            patches = self._windows(x, self.win_px).unflatten(2, (self.window, p)).unflatten(4, (self.window, p)).permute(0, 2, 4, 1, 3, 5)
-            down_tok = x.new_zeros(b * nwin * length, p, p, self.latent_channels)
-            for sel in self._chunks(idx, nwin, chunk_size):
-                wid, pos, layout = self._token_layout(sel, win_tok, nwin)
-                patch = patches[wid, pos // self.window, pos % self.window]
-                down_tok[wid * length + pos] = self._run_tokens(patch, wid, pos, layout, nwin, kvs, mods, t_tok, pos_w)
-                n_tokens += int(wid.numel())
-                pairs += layout.attention_pairs()
-            s = self.window
-            down = self._unwindows(down_tok.view(b * nwin, s, s, p, p, self.latent_channels).permute(0, 5, 1, 3, 2, 4).reshape(b * nwin, self.latent_channels, s * p, s * p), b, hp, wp)
-            if self.detail is not None:
-                detail, n_units = self._detail_units(x, t, tok_mask, chunk_size)
-                down = down + detail
-            m = F.interpolate(tok_mask[:, None].float(), scale_factor=p, mode="nearest") > 0.5
-            pred = torch.where(m, down, up)
-        pred = pred + self._skip(x)
-        info = {
-            "active_windows": int(idx.numel()),
-            "total_windows": int(b * nwin),
-            "active_tokens": n_tokens,
-            "total_tokens": int(tok_mask.numel()),
-            "active_units": n_units,
-            "macs": self.macs((h, w), int(idx.numel()), b, per_token_t=t.ndim == 4, active_tokens=n_tokens, active_units=n_units,
-                              attention_pairs=pairs),
-        }
-        return pred[..., :h, :w], info
+        return sparse.forward_sparse(self, x_in, t, lr, token_mask, chunk_size)
 
     def forward_window_loop(self, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
         """The reference implementation's sparse path: a Python loop over batch items and windows that runs
@@ -501,86 +372,33 @@ class DualStreamQDM(nn.Module):
         Returns:
             prediction (B, Cz, h, w).
         """
-        x, t, (h, w) = self._prepare(x_in, t, lr)
-        b, _, hp, wp = x.shape
-        s, ts = self.win_px, self.window
-        tok_mask = self._token_grid(token_mask, b, hp, wp, x.device)
-        up, hidden = self._upstream(x, t)
-        nwin, pos_w, kvs, mods, t_tok = self._down_setup(x, t, hidden)
-        halo = self._halo_view(x, t) if self.detail is not None else None
-        pred = up.clone()
-        nw = wp // s
-        for i in range(b):
-            for k in range(nwin):
-                r, c = divmod(k, nw)
-                m = tok_mask[i, r * ts : (r + 1) * ts, c * ts : (c + 1) * ts]
-                if not bool(m.any()):
-                    continue
-                sel = torch.tensor([i * nwin + k], device=x.device)
-                tok = self.down_embed(x[i : i + 1, :, r * s : (r + 1) * s, c * s : (c + 1) * s]).flatten(2).transpose(1, 2)
-                tt = None if t_tok is None else t_tok.index_select(0, sel)
-                hs = None if halo is None else self._gather_halo(halo, sel)
-                attn_mask = self._attention_mask(m.reshape(1, -1))
-                down = self._run_windows(tok, sel // nwin, sel % nwin, kvs, mods, tt, pos_w, hs, attn_mask)[0]
-                m_px = m.repeat_interleave(self.down_patch, 0).repeat_interleave(self.down_patch, 1)
-                region = pred[i, :, r * s : (r + 1) * s, c * s : (c + 1) * s]
-                pred[i, :, r * s : (r + 1) * s, c * s : (c + 1) * s] = torch.where(m_px, down, region)
-        pred = pred + self._skip(x)
-        return pred[..., :h, :w]
+        return sparse.forward_window_loop(self, x_in, t, lr, token_mask)
 
     # ----------------------------------------------------------------------------------------- MACs
-    def macs(self, latent_hw, active_windows: int, batch: int, per_token_t: bool = False,
-             active_tokens: int | None = None, active_units: int | None = None, attention_pairs: int | None = None) -> int:
+    def macs(
+        self,
+        latent_hw,
+        active_windows: int,
+        batch: int,
+        per_token_t: bool = False,
+        active_tokens: int | None = None,
+        active_units: int | None = None,
+        attention_pairs: int | None = None,
+    ) -> int:
         """Exact multiply-accumulates of one sparse call: linear layers, convolutions and attention matmuls
         (QK^T and AV), for the upstream on the padded latent and the downstream on ``active_windows``
         windows, of which ``active_tokens`` tokens are computed (default: all 64 of each) and
         ``active_units`` detail units (default: every unit of the windows), with ``attention_pairs``
         query-key pairs per head in the window self-attention (default: each window's full 64 x 64).
         Norms, activations, softmax and the LR resize are not counted (they are not MACs)."""
-        h, w = int(latent_hw[0]), int(latent_hw[1])
-        hp, wp = -(-h // self.multiple) * self.multiple, -(-w // self.multiple) * self.multiple
-        cin, cz = self.latent_channels + self.lr_channels, self.latent_channels
-        d, dd, r = self.hidden, self.down_hidden, self.mlp_ratio
-        nu = (hp // self.up_patch) * (wp // self.up_patch)
-        f = self.up_t.freq_dim
-        hid, hid_d = int(d * r), int(dd * r)
-
-        def temb(width: int, n: int) -> int:
-            return n * (f * width + width * width)
-
-        up_cond = batch * nu if per_token_t else batch
-        total = batch * nu * cin * self.up_patch**2 * d  # patch embedding
-        total += temb(d, up_cond)
-        per_block = nu * (3 * d * d + 2 * nu * d + d * d + 2 * d * hid)
-        total += self.depth * (batch * per_block + up_cond * d * 6 * d)
-        total += up_cond * d * 2 * d + batch * nu * d * self.up_patch**2 * cz  # final layer
-        if active_windows <= 0:
-            return int(total)
-        tw = self.window**2
-        a = int(active_windows)
-        n = a * tw if active_tokens is None else int(active_tokens)
-        units = a * (self.window // self.DETAIL_UNIT) ** 2 if active_units is None else int(active_units)
-        total += self.down_depth * batch * nu * d * 2 * dd  # K/V of the upstream states, once per call
-        down_cond = n if per_token_t else batch
-        total += temb(dd, down_cond)
-        total += self.down_depth * down_cond * dd * 12 * dd + down_cond * dd * 2 * dd  # modulations
-        total += n * cin * self.down_patch**2 * dd  # patch embedding of the computed tokens
-        per_token = 3 * dd * dd + dd * dd + 2 * dd * hid_d  # window attention projections + MLP
-        per_token += dd * dd + 2 * nu * dd + dd * dd + 2 * dd * hid_d  # cross-attention + MLP
-        pairs = a * tw * tw if attention_pairs is None else int(attention_pairs)
-        total += self.down_depth * (n * per_token + 2 * pairs * dd)  # + QK^T and AV on the windows' grids
-        total += n * dd * self.down_patch**2 * cz  # final layer
-        if self.detail is not None:  # valid 3x3 convolutions per unit: the side shrinks by 2 each
-            fc, side = self.detail_channels, self.DETAIL_UNIT * self.down_patch + 2 * self.detail_halo
-            convs = [(cin + 1, fc)] + [(fc, fc)] * (2 * self.detail_blocks + 1) + [(fc, cz)]
-            for i, (ci, co) in enumerate(convs, start=1):
-                total += units * 9 * (side - 2 * i) ** 2 * ci * co
-        return int(total)
+        return qdm_macs(self, latent_hw, active_windows, batch, per_token_t, active_tokens, active_units, attention_pairs)
 
     def extra_repr(self) -> str:
-        return (f"latent={self.latent_channels}, lr={self.lr_channels}, up={self.hidden}/{self.depth}/{self.heads}, "
-                f"down={self.down_hidden}/{self.down_depth}/{self.down_heads}, window={self.window}x{self.window} tokens, "
-                f"detail={self.detail_channels}x{self.detail_blocks} blocks, {'token' if self.token_sparse else 'window'} sparsity")
+        return (
+            f"latent={self.latent_channels}, lr={self.lr_channels}, up={self.hidden}/{self.depth}/{self.heads}, "
+            f"down={self.down_hidden}/{self.down_depth}/{self.down_heads}, window={self.window}x{self.window} tokens, "
+            f"detail={self.detail_channels}x{self.detail_blocks} blocks, {'token' if self.token_sparse else 'window'} sparsity"
+        )
 
 
 def build_qdm(name: str, latent_channels: int, lr_channels: int, **overrides) -> DualStreamQDM:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 import platform
@@ -13,7 +12,7 @@ import numpy as np
 
 from qdm_med._atomic import atomic_path
 
-__all__ = ["to_jsonable", "write_json_report", "base_report", "versions"]
+__all__ = ["to_jsonable", "write_json_report", "versions"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -38,27 +37,23 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def versions() -> dict[str, str]:
-    """Versions of the software a result depends on."""
-    import monai
+    """Versions of the software a result depends on (MONAI's from its package metadata when a job did not
+    import it: importing MONAI costs seconds)."""
+    import sys
+    from importlib.metadata import version
+
     import torch
 
-    import qdm_med
+    from qdm_med._version import __version__
 
     return {
-        "qdm_med": qdm_med.__version__,
+        "qdm_med": __version__,
         "torch": torch.__version__,
-        "monai": monai.__version__,
+        "monai": sys.modules["monai"].__version__ if "monai" in sys.modules else version("monai"),
         "numpy": np.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
-
-
-def base_report(command: str, **fields) -> dict:
-    """A report skeleton: command, UTC timestamp, versions, then ``fields``."""
-    rep = {"command": command, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "versions": versions()}
-    rep.update(fields)
-    return rep
 
 
 def write_json_report(report: dict, path: str | Path, overwrite: bool = False) -> Path:

@@ -67,7 +67,9 @@ def error_map(pred: np.ndarray, ref: np.ndarray, vmax: float | None = None) -> n
     return colormaps["inferno"](np.clip(err / max(vmax, 1e-8), 0, 1))[..., :3].astype(np.float32)
 
 
-def montage(panels: Sequence[np.ndarray], titles: Sequence[str], path: str | Path, ncols: int | None = None, panel_inches: float = 3.0) -> Path:
+def montage(
+    panels: Sequence[np.ndarray], titles: Sequence[str], path: str | Path, ncols: int | None = None, panel_inches: float = 3.0
+) -> Path:
     """Save titled panels side by side as a PNG (matplotlib, Agg). Panels: (H, W) or (H, W, 3) in [0, 1]."""
     import matplotlib
 

@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
 
+from qdm_med.bundle.settings import bundle_settings, read_json
 from qdm_med.errors import ConfigError
-from qdm_med.training.config import bundle_settings
 
-__all__ = ["train_bundle", "train_recipe", "recipe_of", "locate_bundle", "default_output"]
+__all__ = ["train_bundle", "train_recipe", "recipe_of", "default_output"]
 
 logger = logging.getLogger("qdm_med.training")
-
-
-def locate_bundle(name: str) -> str:
-    """Folder of bundle ``name``: the current folder if it is that bundle, else the search of
-    :mod:`qdm_med.bundle_paths` (used by the bundle configs' ``bundle_root``; override with
-    ``--bundle_root DIR`` in ``monai.bundle run``)."""
-    from qdm_med.bundle_paths import bundle_roots, find_bundle
-
-    cwd = Path.cwd()
-    found = cwd if cwd.name == name and (cwd / "configs" / "train.json").is_file() else find_bundle(name)
-    if found is None:
-        looked = ", ".join(str(r / name) for r in bundle_roots())
-        raise ConfigError(f"cannot find bundle {name!r} (looked in {cwd}, {looked}); pass --bundle_root DIR")
-    return str(found.resolve())
 
 
 def default_output(bundle_dir: Path, config: str = "train") -> Path:
@@ -38,8 +23,6 @@ def default_output(bundle_dir: Path, config: str = "train") -> Path:
 
 def recipe_of(bundle) -> list[str]:
     """The training configs a bundle runs in order (``recipe`` in ``configs/train.json``; ``["train"]`` without)."""
-    from qdm_med.training.config import read_json
-
     recipe = read_json(Path(bundle) / "configs" / "train.json").get("recipe") or ["train"]
     if not isinstance(recipe, list) or not recipe or not all(isinstance(c, str) for c in recipe) or recipe[-1] != "train":
         raise ConfigError(f"{bundle}: train.json 'recipe' must list the stage configs in order, ending with 'train' (got {recipe!r})")
@@ -119,7 +102,7 @@ def train_bundle(bundle, data=None, corpus: bool = False, max_steps: int | None 
     ``config`` names the training config, ``configs/<config>.json`` (a bundle trained in stages keeps one per
     stage); ``init_from`` (a path) overrides its ``train.init_from``, the weights a fine-tune starts from.
     ``stage_outputs`` (from :func:`train_recipe`) maps the recipe's configs to their run folders."""
-    from qdm_med.inference.volume import resolve_device
+    from qdm_med.bundle.device import resolve_device
     from qdm_med.training.data import build_datasets
     from qdm_med.training.loop import fit
     from qdm_med.training.stages import build_stage
@@ -150,7 +133,9 @@ def train_bundle(bundle, data=None, corpus: bool = False, max_steps: int | None 
     torch.manual_seed(int(settings["seed"]))  # seeded initialisation: the training command reproduces its weights
     stage = build_stage(settings)
     train_ds, val, split = build_datasets(settings, data=data, corpus=corpus)
-    logger.info("%s: %d training samples per epoch; patients train=%s val=%s", settings["name"], len(train_ds), split["train"], split["val"])
+    logger.info(
+        "%s: %d training samples per epoch; patients train=%s val=%s", settings["name"], len(train_ds), split["train"], split["val"]
+    )
     summary = fit(stage, train_ds, val, settings, out, steps, resume=resume, device=dev, quiet=quiet, rank=rank, world=world)
     summary["split"] = split
     return summary

@@ -7,10 +7,8 @@ resumed or distributed run sees exactly the samples an uninterrupted single-proc
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from qdm_med.errors import ConfigError
@@ -91,7 +89,9 @@ def build_datasets(settings: dict, data=None, corpus: bool = False):
     d, seed, scale = settings["data"], int(settings["seed"]), int(settings.get("scale", 1) or 1)
     stage_scale = 4 if settings["stage"] == "vae" else scale  # the VAE trains on crops; any LR is unused
     if d.get("kind", "ct") == "natural":
-        train = NaturalImageDataset(d.get("train_images") or NATURAL_TRAIN, crop_size=d["crop_size"], length=int(d.get("epoch_length", 2000)), seed=seed)
+        train = NaturalImageDataset(
+            d.get("train_images") or NATURAL_TRAIN, crop_size=d["crop_size"], length=int(d.get("epoch_length", 2000)), seed=seed
+        )
         val_base = NaturalImageDataset(d.get("val_images") or NATURAL_VAL, crop_size=None, flips=False, seed=seed)
         val_items = [val_base[i] for i in range(len(val_base))]
         split = {"train": list(train.names), "val": list(val_base.names)}
@@ -105,8 +105,15 @@ def build_datasets(settings: dict, data=None, corpus: bool = False):
         tr, va = patient_split(records, d["val_fraction"], seed, holdout)
         if not tr:
             raise ConfigError("the split left no training patient; add data or lower val_fraction")
-        train = CTSliceDataset(tr, hr_size=d["hr_size"], window=settings["window"], min_foreground=d["min_foreground"],
-                               crop_size=d["crop_size"], flips=d["flips"], seed=seed)
+        train = CTSliceDataset(
+            tr,
+            hr_size=d["hr_size"],
+            window=settings["window"],
+            min_foreground=d["min_foreground"],
+            crop_size=d["crop_size"],
+            flips=d["flips"],
+            seed=seed,
+        )
         val_items = []
         if va:
             vds = CTSliceDataset(va, hr_size=d["hr_size"], window=settings["window"], min_foreground=d["min_foreground"])

@@ -192,7 +192,8 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
                                               "cpu_time_s": cpu_time()})
         save_checkpoint(output / "models" / "model.pt", stage.export(ema.shadow))
 
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn()]
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+               TimeRemainingColumn()]
     with Progress(*columns, disable=quiet or not writer, transient=False) as bar:
         task = bar.add_task(f"train {settings['name']}", total=max_steps, completed=step, status="")
         model.train()
@@ -219,8 +220,11 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
             bar.update(task, advance=1, status=f"loss {last['loss']:.4g}  {1 / max(last['sec_per_step'], 1e-9):.2f} it/s")
             if writer and (step % every_log == 0 or step == max_steps):
                 _append_log(log_path, {**last, "elapsed": time.perf_counter() - t_start, "cpu_s": cpu_time()})
-            out_of_time = _out_of_time(time.perf_counter() - t_start >= budget_s or cpu_time() >= cpu_budget_s, world,
-                                       budget_s < math.inf or cpu_budget_s < math.inf)
+            out_of_time = _out_of_time(
+                time.perf_counter() - t_start >= budget_s or cpu_time() >= cpu_budget_s,
+                world,
+                budget_s < math.inf or cpu_budget_s < math.inf,
+            )
             if writer and (step % every_val == 0 or step == max_steps or out_of_time) and val:
                 ema.shadow.eval()
                 scores = stage.validate(ema.shadow, val, device)
@@ -234,8 +238,17 @@ def fit(stage, train_ds, val: list, settings: dict, output: Path, max_steps: int
                 break
     if step >= max_steps and not (output / "models" / "model.pt").exists():
         save()
-    summary = {"bundle": settings["name"], "stage": stage.name, "steps": step, "final": last, "validation": history,
-               "wall_time_s": time.perf_counter() - t_start, "cpu_time_s": cpu_time(), "output": str(output), "world_size": world}
+    summary = {
+        "bundle": settings["name"],
+        "stage": stage.name,
+        "steps": step,
+        "final": last,
+        "validation": history,
+        "wall_time_s": time.perf_counter() - t_start,
+        "cpu_time_s": cpu_time(),
+        "output": str(output),
+        "world_size": world,
+    }
     if writer:
         (output / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary

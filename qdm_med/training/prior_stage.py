@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from qdm_med.errors import ConfigError
 from qdm_med.models.prior import build_prior
-from qdm_med.transforms import bicubic_upsample
 from qdm_med.training.scores import image_scores
+from qdm_med.transforms import bicubic_upsample
 
 __all__ = ["PriorStage"]
 

@@ -27,17 +27,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from qdm_med.bundle.factories import build_diffusion_from, build_first_stage_from, build_prior_from, build_qdm_from, build_sr_module
+from qdm_med.bundle.settings import diffusion_start
 from qdm_med.errors import ConfigError
-from qdm_med.transforms import bicubic_upsample
-from qdm_med.training.config import build_diffusion_from, build_first_stage_from, build_prior_from, build_qdm_from, build_sr_module, diffusion_start
 from qdm_med.training.scores import image_scores
+from qdm_med.transforms import bicubic_upsample
 
 __all__ = ["VAEStage", "QDMStage", "build_stage"]
 
 
 def _lpips_module(settings: dict):
     """Frozen LPIPS for a loss term (ConfigError when its offline weights are missing)."""
-    from qdm_med.inference.scoring import default_lpips_path
+    from qdm_med.data.corpus import default_lpips_path
     from qdm_med.metrics.lpips_offline import load_lpips
 
     path = settings["train"].get("lpips_path") or default_lpips_path()
@@ -208,7 +209,7 @@ class QDMStage:
             self._init_from(self._resolve_init_from(t["init_from"], settings["bundle_dir"]))
 
     def _load_prior(self, settings: dict) -> None:
-        from qdm_med.inference.bundle import read_weights
+        from qdm_med.bundle.weights import read_weights
 
         value = settings["prior"].get("weights")
         if not value:
@@ -234,8 +235,9 @@ class QDMStage:
     def _init_from(self, path: Path) -> None:
         """Start from a trained QDM (a bundle's ``models/model.pt``: the SR module's state dict)."""
         if not path.is_file():
-            raise ConfigError(f"{path}: init_from names no file (a trained QDM's models/model.pt; a staged recipe's earlier stage writes it)")
-        from qdm_med.inference.bundle import read_weights
+            raise ConfigError(f"{path}: init_from names no file (a trained QDM's models/model.pt; "
+                              "a staged recipe's earlier stage writes it)")
+        from qdm_med.bundle.weights import read_weights
 
         qdm = {k[len("qdm.") :]: v for k, v in read_weights(path).items() if k.startswith("qdm.")}
         try:
@@ -287,7 +289,9 @@ class QDMStage:
         from qdm_med.quadtree import qdm_masks
 
         pick = torch.randint(0, len(self.token_mask_thresholds), (lr.shape[0],), generator=generator).tolist()
-        return torch.cat([qdm_masks(lr[i : i + 1], self.token_mask_thresholds[k], self.scale, self.first_stage.factor).token for i, k in enumerate(pick)])
+        return torch.cat(
+            [qdm_masks(lr[i : i + 1], self.token_mask_thresholds[k], self.scale, self.first_stage.factor).token for i, k in enumerate(pick)]
+        )
 
     def sr_module(self, qdm: nn.Module):
         return build_sr_module(self.settings, qdm=qdm, first_stage=self.first_stage, diffusion=self.diffusion, prior=self.prior)
@@ -305,8 +309,10 @@ class QDMStage:
             ours.append(image_scores(out[0], hr[0]))
             bic.append(image_scores(b[0], hr[0]))
         return {
-            "val_psnr": float(np.mean([s[0] for s in ours])), "val_ssim": float(np.mean([s[1] for s in ours])),
-            "val_psnr_bicubic": float(np.mean([s[0] for s in bic])), "val_ssim_bicubic": float(np.mean([s[1] for s in bic])),
+            "val_psnr": float(np.mean([s[0] for s in ours])),
+            "val_ssim": float(np.mean([s[1] for s in ours])),
+            "val_psnr_bicubic": float(np.mean([s[0] for s in bic])),
+            "val_ssim_bicubic": float(np.mean([s[1] for s in bic])),
         }
 
     def export(self, model: nn.Module) -> dict:

@@ -1,36 +1,52 @@
 """MONAI transforms of qdm-med: the CT intensity window and the Real-ESRGAN degradation that makes LR inputs.
 
-- :mod:`.intensity`: :class:`HUWindow` / :class:`InverseHUWindow` (HU <-> [-1, 1]) and dict versions.
+- :mod:`.window`: :data:`DEFAULT_WINDOW`, :data:`FULL_HU_RANGE`, :class:`HUWindow` / :class:`InverseHUWindow` (HU <-> [-1, 1]);
+  :mod:`.intensity`: their MONAI dict versions.
 - :mod:`.kernels`: Gaussian, generalized, plateau and sinc blur kernels.
-- :mod:`.degradation`: randomizable blur, resize, noise, JPEG, final-resize and clean-downsample transforms (+ dict versions).
+- :mod:`.degradation`: randomizable blur, resize, noise, JPEG, final-resize and clean-downsample transforms.
 - :mod:`.external`: other libraries' downsamplers (scikit-image, SciPy) as evaluation presets.
-- :mod:`.presets`: ``natural``, ``medical``, ``medical_test``, ``bicubic``, ``clean`` and the external presets, :class:`DegradationPipeline`.
-- :mod:`.pairs`: bicubic up/down-sampling and the HR -> (LR, HR) pair transform.
+- :mod:`.presets`: ``natural``, ``medical``, ``medical_test``, ``bicubic``, ``clean`` and the external presets,
+  :class:`DegradationPipeline`.
+- :mod:`.resample`: bicubic up/down-sampling.
+
+Names load on first use: importing this package does not import MONAI (the one-slice ``upscale`` path needs
+only :mod:`.window` and :mod:`.resample`).
 """
 
-from qdm_med.transforms.degradation import (
-    FinalResize,
-    FinalResized,
-    RandBlur,
-    RandBlurd,
-    RandCleanDownsample,
-    RandCleanDownsampled,
-    RandJPEG,
-    RandJPEGd,
-    RandNoise,
-    RandNoised,
-    RandResize,
-    RandResized,
-)
-from qdm_med.transforms.intensity import DEFAULT_WINDOW, HUWindow, HUWindowd, InverseHUWindow, InverseHUWindowd, window_from
-from qdm_med.transforms.pairs import MakeLRHRPaird, bicubic_downsample, bicubic_upsample, lr_hr_pair_transform
-from qdm_med.transforms.external import EXTERNAL_KINDS, EXTERNAL_NOISE_SIGMA, ExternalDownsample, ExternalDownsampled
-from qdm_med.transforms.presets import PRESETS, DegradationPipeline, DegradationPipelined, preset_params
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_WINDOW", "HUWindow", "HUWindowd", "InverseHUWindow", "InverseHUWindowd", "window_from",
-    "RandBlur", "RandBlurd", "RandResize", "RandResized", "RandNoise", "RandNoised", "RandJPEG", "RandJPEGd",
-    "FinalResize", "FinalResized", "RandCleanDownsample", "RandCleanDownsampled",
-    "EXTERNAL_KINDS", "EXTERNAL_NOISE_SIGMA", "ExternalDownsample", "ExternalDownsampled", "PRESETS", "DegradationPipeline", "DegradationPipelined", "preset_params",
-    "bicubic_upsample", "bicubic_downsample", "MakeLRHRPaird", "lr_hr_pair_transform",
-]
+import importlib
+
+_NAMES = {
+    "DEFAULT_WINDOW": "window",
+    "FULL_HU_RANGE": "window",
+    "HUWindow": "window",
+    "InverseHUWindow": "window",
+    "HUWindowd": "intensity",
+    "InverseHUWindowd": "intensity",
+    "bicubic_upsample": "resample",
+    "bicubic_downsample": "resample",
+    "RandBlur": "degradation",
+    "RandResize": "degradation",
+    "RandNoise": "degradation",
+    "RandJPEG": "degradation",
+    "FinalResize": "degradation",
+    "RandCleanDownsample": "degradation",
+    "EXTERNAL_KINDS": "external",
+    "EXTERNAL_NOISE_SIGMA": "external",
+    "ExternalDownsample": "external",
+    "PRESETS": "presets",
+    "DegradationPipeline": "presets",
+    "preset_params": "presets",
+}
+_MODULES = ("degradation", "external", "intensity", "kernels", "presets", "resample", "window")
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"qdm_med.transforms.{_NAMES[name]}"), name)
+    if name in _MODULES:
+        return importlib.import_module(f"qdm_med.transforms.{name}")
+    raise AttributeError(f"module 'qdm_med.transforms' has no attribute {name!r}")

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Hashable, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.config import KeysCollection
-from monai.transforms import MapTransform, RandomizableTransform
+from monai.transforms import RandomizableTransform
 
 from qdm_med.transforms.kernels import KERNEL_TYPES, gaussian_kernel, random_mixed_kernel, sinc_kernel
 
@@ -31,12 +30,6 @@ __all__ = [
     "RandJPEG",
     "FinalResize",
     "RandCleanDownsample",
-    "RandBlurd",
-    "RandResized",
-    "RandNoised",
-    "RandJPEGd",
-    "FinalResized",
-    "RandCleanDownsampled",
 ]
 
 RESIZE_MODES = ("area", "bilinear", "bicubic")
@@ -329,66 +322,3 @@ class RandCleanDownsample(_RandImageTransform):
         if mode.endswith("_aa"):
             return F.interpolate(img[None], size=size, mode=mode[:-3], align_corners=False, antialias=True)[0]
         return resize(img, size, mode)
-
-
-class _RandDictWrapper(RandomizableTransform, MapTransform):
-    """Dictionary version of an image transform: one draw of the parameters, applied to every key."""
-
-    transform_class: type = _RandImageTransform
-
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, 1.0)
-        self.transform = self.transform_class(**kwargs)
-        self.transform.set_random_state(state=self.R)
-
-    def set_random_state(self, seed=None, state=None):
-        super().set_random_state(seed, state)
-        self.transform.set_random_state(state=self.R)
-        return self
-
-    def randomize(self, data=None) -> None:
-        self.transform.randomize(None)
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        self.randomize()
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key], randomize=False)
-        return d
-
-
-class RandBlurd(_RandDictWrapper):
-    """Dictionary version of :class:`RandBlur`."""
-
-    transform_class = RandBlur
-
-
-class RandResized(_RandDictWrapper):
-    """Dictionary version of :class:`RandResize`."""
-
-    transform_class = RandResize
-
-
-class RandNoised(_RandDictWrapper):
-    """Dictionary version of :class:`RandNoise`."""
-
-    transform_class = RandNoise
-
-
-class RandJPEGd(_RandDictWrapper):
-    """Dictionary version of :class:`RandJPEG`."""
-
-    transform_class = RandJPEG
-
-
-class RandCleanDownsampled(_RandDictWrapper):
-    """Dictionary version of :class:`RandCleanDownsample`."""
-
-    transform_class = RandCleanDownsample
-
-
-class FinalResized(_RandDictWrapper):
-    """Dictionary version of :class:`FinalResize`."""
-
-    transform_class = FinalResize

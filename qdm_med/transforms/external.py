@@ -11,7 +11,7 @@ on them.
 - ``skimage_local_mean``: ``skimage.transform.downscale_local_mean`` (block mean);
 - ``scipy_zoom``: ``scipy.ndimage.zoom(order=3, grid_mode=True)`` (cubic spline, no pre-filter: aliased);
 - ``skimage_resize_noise``: ``skimage_resize`` plus white Gaussian noise of sigma 0.0025 (10 HU in the CT
-  unit range [-1024, 3071] of :mod:`qdm_med.simulate`), seeded.
+  unit range [-1024, 3071] of :mod:`qdm_med.data.simulate`), seeded.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qdm_med.transforms.degradation import _RandDictWrapper, _RandImageTransform
+from qdm_med.transforms.degradation import _RandImageTransform
 
-__all__ = ["EXTERNAL_KINDS", "EXTERNAL_NOISE_SIGMA", "ExternalDownsample", "ExternalDownsampled"]
+__all__ = ["EXTERNAL_KINDS", "EXTERNAL_NOISE_SIGMA", "ExternalDownsample"]
 
 EXTERNAL_KINDS = ("skimage_resize", "skimage_local_mean", "scipy_zoom", "skimage_resize_noise")
 #: noise of ``skimage_resize_noise`` in [0, 1] units: 10 HU of the 4095-HU CT range
@@ -70,9 +70,3 @@ class ExternalDownsample(_RandImageTransform):
         if self.kind == "skimage_resize_noise":
             lr = lr + np.random.RandomState(self.params["noise_seed"]).normal(0.0, EXTERNAL_NOISE_SIGMA, lr.shape)
         return torch.from_numpy(np.clip(lr, 0.0, 1.0).astype(np.float32))
-
-
-class ExternalDownsampled(_RandDictWrapper):
-    """Dictionary version: one draw, applied to every key (``keys``, ``kind``, ``scale``)."""
-
-    transform_class = ExternalDownsample

@@ -61,7 +61,9 @@ def gaussian_kernel(size: int, sigma_x: float, sigma_y: float | None = None, the
     return _normalised(np.exp(-0.5 * _quadratic(size, sigma_x, sigma_y, theta)))
 
 
-def generalized_gaussian_kernel(size: int, sigma_x: float, sigma_y: float | None = None, theta: float = 0.0, beta: float = 1.0) -> np.ndarray:
+def generalized_gaussian_kernel(
+    size: int, sigma_x: float, sigma_y: float | None = None, theta: float = 0.0, beta: float = 1.0
+) -> np.ndarray:
     """Generalized Gaussian ``exp(-0.5 q^beta)``; beta = 1 is the Gaussian, beta < 1 heavier tails."""
     sigma_y = sigma_x if sigma_y is None else sigma_y
     return _normalised(np.exp(-0.5 * np.power(_quadratic(size, sigma_x, sigma_y, theta), beta)))

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import copy
-from typing import Hashable, Mapping
+from typing import Mapping
 
-import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.transforms import MapTransform, Randomizable, Transform
+from monai.transforms import Randomizable, Transform
 
 from qdm_med.errors import ConfigError
 from qdm_med.transforms.degradation import FinalResize, RandBlur, RandCleanDownsample, RandJPEG, RandNoise, RandResize, as_image_tensor
 from qdm_med.transforms.external import EXTERNAL_KINDS, ExternalDownsample
 from qdm_med.transforms.kernels import KERNEL_TYPES
 
-__all__ = ["PRESETS", "preset_params", "DegradationPipeline", "DegradationPipelined"]
+__all__ = ["PRESETS", "preset_params", "DegradationPipeline"]
 
 _NATURAL = {
     "kernel_range": (7, 21),
@@ -99,7 +97,15 @@ class DegradationPipeline(Randomizable, Transform):
         if self.params is not None:
             p = self.params
             self.stages = [
-                RandBlur(p["kernel_range"], p["kernel_list"], p["kernel_prob"], p["sigma_range"], p["betag_range"], p["betap_range"], p["sinc_prob"]),
+                RandBlur(
+                    p["kernel_range"],
+                    p["kernel_list"],
+                    p["kernel_prob"],
+                    p["sigma_range"],
+                    p["betag_range"],
+                    p["betap_range"],
+                    p["sinc_prob"],
+                ),
                 RandResize(p["resize_prob"], p["resize_range"]),
                 RandNoise(p["gaussian_noise_prob"], p["noise_range"], p["poisson_scale_range"], p["gray_noise_prob"]),
                 RandJPEG(p["jpeg_range"]),
@@ -134,7 +140,7 @@ class DegradationPipeline(Randomizable, Transform):
             self.last_params = [dict(self.stages[0].params)]
             return x
         if self.params is None:
-            from qdm_med.transforms.pairs import bicubic_downsample
+            from qdm_med.transforms.resample import bicubic_downsample
 
             return bicubic_downsample(x[None], self.scale)[0].clamp(0, 1)
         if randomize:
@@ -147,28 +153,3 @@ class DegradationPipeline(Randomizable, Transform):
         x = self.final(x, randomize=False)
         self.last_params.append(dict(self.final.params))
         return x.clamp(0, 1).contiguous()
-
-
-class DegradationPipelined(Randomizable, MapTransform):
-    """Dictionary version: ``d[lr_key] = DegradationPipeline(d[key])`` (``lr_key`` None replaces in place)."""
-
-    def __init__(self, keys: KeysCollection, preset: str | Mapping = "medical", scale: int = 4,
-                 lr_key: str | None = None, allow_missing_keys: bool = False) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        self.pipeline = DegradationPipeline(preset, scale)
-        self.lr_key = lr_key
-        self.set_random_state(seed=0)
-
-    def set_random_state(self, seed=None, state=None):
-        super().set_random_state(seed, state)
-        self.pipeline.set_random_state(state=self.R)
-        return self
-
-    def randomize(self, data=None) -> None:
-        self.pipeline.randomize()
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[self.lr_key or key] = self.pipeline(d[key])
-        return d

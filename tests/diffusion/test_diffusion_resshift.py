@@ -5,10 +5,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from diffusion_doubles import FixedPredictionModel, ShrinkModel, SparseFixedPredictionModel
 
 from qdm_med.diffusion import ResShiftDiffusion, TimestepPlan, make_plan
-
-from diffusion_doubles import FixedPredictionModel, ShrinkModel, SparseFixedPredictionModel
 
 KAPPA = 2.0
 
@@ -315,3 +314,35 @@ def test_sample_accepts_lists_and_checks_plans(diff):
         TimestepPlan([13, 5], 15)
     with pytest.raises(ValueError):
         TimestepPlan([14, 5, 6], 15)
+
+
+def _reference_sqrt_etas(T=15, kappa=KAPPA, min_noise=0.04, etas_end=0.99, power=0.3):
+    """SPEC section 3's exponential schedule, written out independently of qdm_med.diffusion.schedule."""
+    first = min(min_noise / kappa, min_noise)
+    base = np.exp(np.log(etas_end / first) / (T - 1))
+    return first * base ** ((np.linspace(0, 1, T) ** power) * (T - 1))
+
+
+def test_reference_schedule_matches_the_spec_table():
+    table = [0.02, 0.1172, 0.1763, 0.2336, 0.2916, 0.3510, 0.4124, 0.4759, 0.5417, 0.6099, 0.6807, 0.7540, 0.8300, 0.9086, 0.99]
+    np.testing.assert_allclose(_reference_sqrt_etas(), table, atol=6e-5)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 15])
+def test_sampling_with_a_model_that_depends_on_x_t_follows_the_reverse_recursion(diff, steps):
+    """A stand-in whose prediction depends on x_t (0.5 * the normalised x_t): every step must feed the model the
+    normalised current state and apply SPEC's posterior mean (deterministic run from the prior mean y)."""
+    x0, y = _latents(shape=(1, 2, 8, 8))
+    lr = torch.zeros(1, 1, 8, 8)
+    plan = make_plan("uniform", steps, 15)
+    out, info = diff.sample(ShrinkModel(0.5), y, lr, None, None, plan, stochastic=False)
+    etas = _reference_sqrt_etas() ** 2
+    ts = [int(t) for t in info["timesteps"]]
+    x = y.double()
+    for t, t_prev in zip(ts, ts[1:] + [-1]):
+        eta, eta_prev = etas[t], (etas[t_prev] if t_prev >= 0 else 0.0)
+        pred = 0.5 * x / np.sqrt(eta * KAPPA**2 + 1)
+        x = (eta_prev / eta) * x + ((eta - eta_prev) / eta) * pred
+    torch.testing.assert_close(out.double(), x, rtol=1e-5, atol=1e-5)
+    if steps > 1:  # the earlier steps moved the state the last call sees
+        assert not torch.allclose(out, 0.5 * y / np.sqrt(etas[ts[-1]] * KAPPA**2 + 1))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from qdm_med.diffusion import TDSSampler, TSSSampler, make_plan, make_sampler, make_timesteps
+from qdm_med.diffusion import TDSSampler, TSSSampler, make_plan, make_sampler
 from qdm_med.diffusion.tss import (
     gaussian_blur,
     local_variance_map,
@@ -191,6 +191,6 @@ def test_make_sampler_validation_and_config():
         make_plan("uniform", 20, 15)
     assert make_sampler("TDS", 7).config() == {"sampler": "tds", "steps": 7, "warp": "polynomial", "a": 0.05, "n": 6.0}
     assert isinstance(make_sampler("tds", 3), TDSSampler)
-    assert make_timesteps("uniform", 3, 15).describe() == [14.0, 7.0, 0.0]
+    assert make_plan("uniform", 3, 15).describe() == [14.0, 7.0, 0.0]
     with pytest.raises(ValueError):
         make_plan("tss", 5, 15)  # needs the LR image

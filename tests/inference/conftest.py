@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from inference_doubles import FakeLoadedBundle, FakeSRPipeline, make_volume, smooth_ct
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 
 class FakeSRPipeline(torch.nn.Module):
-    """TEST DOUBLE for ``qdm_med.inference.pipeline.SRPipeline``.
+    """TEST DOUBLE for ``qdm_med.models.sr.SRPipeline``.
 
     Same public surface (``scale``, ``in_channels``, ``size_multiple``, ``last_info`` set on every call,
     LR (B, C, h, w) in [-1, 1] -> SR (B, C, h*s, w*s) in [-1, 1]) but deterministic and cheap: bicubic
@@ -49,7 +49,7 @@ class FakeSRPipeline(torch.nn.Module):
 
 @dataclasses.dataclass
 class FakeLoadedBundle:
-    """TEST DOUBLE for ``qdm_med.inference.bundle.LoadedBundle`` (the fields ``run`` reads)."""
+    """TEST DOUBLE for ``qdm_med.bundle.LoadedBundle`` (the fields ``run`` reads)."""
 
     pipeline: torch.nn.Module
     scale: int

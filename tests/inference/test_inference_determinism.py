@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -11,9 +12,14 @@ import pytest
 import torch
 from inference_doubles import FakeLoadedBundle, GlobalRNGSRPipeline, NoisySRPipeline, make_volume, smooth_ct
 
-from qdm_med.inference import run
 from qdm_med.inference.seeding import derived_seed, slice_generator
 from qdm_med.inference.volume import SliceWiseInferencer, upscale_image
+from qdm_med.jobs.evaluate import evaluate
+from qdm_med.jobs.mask import make_mask_picture
+from qdm_med.jobs.resolve import default_bundle_dir
+from qdm_med.jobs.upscale import upscale
+
+run = SimpleNamespace(upscale=upscale, evaluate=evaluate, make_mask_picture=make_mask_picture, default_bundle_dir=default_bundle_dir)
 
 
 def _infer(pipe, vol, **kw):
@@ -80,7 +86,7 @@ def test_upscale_batch_size_recorded_and_irrelevant(tmp_path):
 @pytest.mark.slow
 def test_shipped_x8_bundle_is_batch_size_invariant(tmp_path):
     """The real QDM pipeline (generator argument, sparse windows): batch 1 and batch 3 give the same volume."""
-    from qdm_med.inference.bundle import load_bundle
+    from qdm_med.bundle import load_bundle
 
     bundle_dir = Path(run.default_bundle_dir("volume", 8))
     loaded = load_bundle(bundle_dir, "cpu")

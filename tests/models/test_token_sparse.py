@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from model_doubles import inputs, random_model
 
 from qdm_med.diffusion import ResShiftDiffusion
 from qdm_med.models import count_macs_hooks
 from qdm_med.models.blocks import AttentionGroup, SelfAttention, TokenLayout
-
-from model_doubles import inputs, random_model
+from qdm_med.models.sparse import token_layout
 
 
 def mixed_mask(b=2, gh=16, gw=24, seed=0) -> torch.Tensor:
@@ -116,7 +116,7 @@ def test_attention_groups_use_the_shortest_grid():
     win_tok = m._windows(tok[:, None], 8).flatten(1)
     counts = win_tok.sum(1)
     sel = torch.nonzero(counts[:6] > 0).flatten()  # image 0's active windows
-    wid, pos, layout = m._token_layout(sel, win_tok, nwin=6)
+    wid, pos, layout = token_layout(m, sel, win_tok, nwin=6)
     assert wid.numel() == int(counts[:6].sum())
     for g in layout.groups:
         n_per_window = g.key_mask.sum(1)

@@ -11,11 +11,12 @@ import torch
 
 from qdm_med.errors import OutputError
 from qdm_med.quadtree import recursive_quadtree
-from qdm_med.reports import base_report, draw_quadtree, error_map, montage, write_json_report
+from qdm_med.reports import draw_quadtree, error_map, montage, versions, write_json_report
 
 
 def test_json_report_round_trip_with_special_values(tmp_path):
-    rep = base_report("test", psnr=math.inf, bad=float("nan"), arr=np.arange(3), t=torch.tensor([1.5]), n=np.float32(2.5), p=tmp_path)
+    rep = {"command": "test", "versions": versions(), "psnr": math.inf, "bad": float("nan"), "arr": np.arange(3), "t": torch.tensor([1.5]),
+           "n": np.float32(2.5), "p": tmp_path}
     path = write_json_report(rep, tmp_path / "r.json")
     back = json.loads(path.read_text())
     assert back["psnr"] == "inf" and back["bad"] == "nan" and back["arr"] == [0, 1, 2]

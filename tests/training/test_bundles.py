@@ -12,10 +12,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from training_doubles import REPO, synthetic_ct, tiny_bundle
 from monai.bundle import ConfigParser, verify_metadata
+from training_doubles import REPO, synthetic_ct, tiny_bundle
 
-from qdm_med.inference.bundle import build_network
+from qdm_med.bundle import build_network
 
 BUNDLES = ["vae_ct", "qdm_ct_x4", "qdm_ct_x8", "qdm_natural_x4"]
 SCHEMA = REPO / "bundles" / "schema" / "meta_schema.json"
@@ -24,7 +24,9 @@ DEPLOY_IDS = ("device", "network_def", "preprocessing", "postprocessing", "infer
 
 def _bundle_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.filterwarnings("ignore:No hash value")  # the schema is our own file, not a download
@@ -46,7 +48,14 @@ def test_metadata_missing_required_field_fails(tmp_path):
 @pytest.mark.parametrize("name", BUNDLES)
 def test_bundle_layout_and_deploy_ids(name):
     root = REPO / "bundles" / name
-    for part in ("configs/metadata.json", "configs/train.json", "configs/inference.json", "configs/logging.conf", "docs/README.md", "LICENSE"):
+    for part in (
+        "configs/metadata.json",
+        "configs/train.json",
+        "configs/inference.json",
+        "configs/logging.conf",
+        "docs/README.md",
+        "LICENSE",
+    ):
         assert (root / part).is_file(), part
     parser = ConfigParser()
     parser.read_config(str(root / "configs" / "inference.json"))
@@ -80,15 +89,35 @@ def test_monai_bundle_run_inference_upscales_a_volume(tmp_path):
     torch.save(build_network(bundle).state_dict(), bundle / "models" / "model.pt")
     ct = synthetic_ct(tmp_path / "ct", n=1, shape=(16, 16, 3))
     lr, sr = ct / "pt0.nii.gz", tmp_path / "sr.nii.gz"
-    res = _bundle_run("--config_file", str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
-                      "--input", str(lr), "--output", str(sr), "--device", "$torch.device('cpu')", cwd=tmp_path)
+    res = _bundle_run(
+        "--config_file",
+        str(bundle / "configs" / "inference.json"),
+        "--bundle_root",
+        str(bundle),
+        "--input",
+        str(lr),
+        "--output",
+        str(sr),
+        "--device",
+        "$torch.device('cpu')",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     img, ref = nib.load(str(sr)), nib.load(str(lr))
     assert img.shape == (128, 128, 3)
     np.testing.assert_allclose(img.header.get_zooms()[:2], np.array(ref.header.get_zooms()[:2]) / 8, rtol=1e-5)
     # an existing output is never overwritten by a second run
-    again = _bundle_run("--config_file", str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
-                        "--input", str(lr), "--output", str(sr), cwd=tmp_path)
+    again = _bundle_run(
+        "--config_file",
+        str(bundle / "configs" / "inference.json"),
+        "--bundle_root",
+        str(bundle),
+        "--input",
+        str(lr),
+        "--output",
+        str(sr),
+        cwd=tmp_path,
+    )
     assert again.returncode != 0 and "exists" in (again.stderr + again.stdout)
 
 
@@ -97,8 +126,23 @@ def test_monai_bundle_run_train_writes_loadable_weights(tmp_path):
     bundle = tiny_bundle(tmp_path, "qdm_ct_x8")
     ct = synthetic_ct(tmp_path / "ct")
     out = tmp_path / "run"
-    res = _bundle_run("--config_file", str(bundle / "configs" / "train.json"), "--bundle_root", str(bundle), "--data_dir", str(ct),
-                      "--use_corpus", "False", "--max_steps", "2", "--device_name", "cpu", "--output_dir", str(out), cwd=tmp_path)
+    res = _bundle_run(
+        "--config_file",
+        str(bundle / "configs" / "train.json"),
+        "--bundle_root",
+        str(bundle),
+        "--data_dir",
+        str(ct),
+        "--use_corpus",
+        "False",
+        "--max_steps",
+        "2",
+        "--device_name",
+        "cpu",
+        "--output_dir",
+        str(out),
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     state = torch.load(out / "models" / "model.pt", weights_only=True)
     build_network(bundle).load_state_dict(state, strict=True)
@@ -114,8 +158,21 @@ def test_monai_bundle_run_staged_x8_recipe(tmp_path):
     assert not base_cfg["model"].get("token_sparse") and cfg["model"]["token_sparse"]
     assert cfg["train"]["init_from"] == "runs/qdm_ct_x8-train_base/models/model.pt"
     ct = synthetic_ct(tmp_path / "ct")
-    res = _bundle_run("--config_file", str(bundle / "configs" / "train_base.json"), "--bundle_root", str(bundle), "--data_dir", str(ct),
-                      "--use_corpus", "False", "--max_steps", "2", "--device_name", "cpu", cwd=tmp_path)
+    res = _bundle_run(
+        "--config_file",
+        str(bundle / "configs" / "train_base.json"),
+        "--bundle_root",
+        str(bundle),
+        "--data_dir",
+        str(ct),
+        "--use_corpus",
+        "False",
+        "--max_steps",
+        "2",
+        "--device_name",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     base = tmp_path / "runs" / "qdm_ct_x8-train_base" / "models" / "model.pt"
     state = torch.load(base, weights_only=True)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from training_doubles import tiny_bundle
 
+from qdm_med.bundle import bundle_settings
 from qdm_med.errors import ConfigError
 from qdm_med.training import train_bundle
-from qdm_med.training.config import bundle_settings
 
 PRIOR = {"kind": "cnn", "channels": 8, "blocks": 1, "unshuffle": 4}
 
@@ -54,7 +54,7 @@ def test_cpu_time_budget_stops_early_and_saves(tmp_path, ct_folder):
 
 
 def test_qdm_stage_starts_from_the_frozen_prior_and_ships_it(tmp_path, ct_folder, monkeypatch):
-    from qdm_med.inference.bundle import load_bundle
+    from qdm_med.bundle import load_bundle
     from qdm_med.training.stages import QDMStage
 
     bundle = _prior_bundle(tmp_path)
@@ -106,7 +106,7 @@ def test_prior_stage_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="train.loss"):
         build_stage({**settings, "train": {**settings["train"], "loss": "huber"}})
     with pytest.raises(ConfigError, match="diffusion.start"):
-        from qdm_med.training.config import diffusion_start
+        from qdm_med.bundle import diffusion_start
 
         diffusion_start({**settings, "diffusion": {"start": "noise"}})
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_doubles import synthetic_ct, tiny_bundle
+from training_doubles import tiny_bundle
 from typer.testing import CliRunner
 
 from qdm_med.cli import app
@@ -56,16 +56,26 @@ def test_resume_continues_exactly(tmp_path, ct_folder):
 
 
 def test_batch_indices_split_global_batch_between_ranks():
-    single = batch_indices(3, 4, 10, seed=0, rank=0, world=1) + batch_indices(4, 4, 10, seed=0)
-    two = batch_indices(3, 2, 10, seed=0, rank=0, world=2) + batch_indices(3, 2, 10, seed=0, rank=1, world=2)
-    assert sorted(two) != [] and len(set(two)) == 4
-    assert batch_indices(0, 10, 10, 0) == [(0, i) for i in torch.randperm(10, generator=torch.Generator().manual_seed(0)).tolist()]
-    assert single[:4] != single[4:]
+    """Two ranks with per-rank batch 2 see, together and in rank order, exactly the single-process batch of 4."""
+    n, seed = 10, 0
+
+    def perm(epoch):  # independent reference: the epoch's shuffle of the n samples
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+
+    for step in range(6):  # steps 2 and 4 cross an epoch boundary (global samples 8..11 and 16..19)
+        single = batch_indices(step, 4, n, seed=seed, rank=0, world=1)
+        two = [batch_indices(step, 2, n, seed=seed, rank=r, world=2) for r in (0, 1)]
+        assert two[0] + two[1] == single
+        assert single == [(g // n, perm(g // n)[g % n]) for g in range(4 * step, 4 * step + 4)]
+    assert set(batch_indices(3, 2, n, seed, 0, 2)).isdisjoint(batch_indices(3, 2, n, seed, 1, 2))
+    assert batch_indices(0, 10, 10, 0) == [(0, i) for i in perm(0)]
 
 
 def test_qdm_on_untrained_vae_is_refused(tmp_path, ct_folder):
     vae = tiny_bundle(tmp_path, "vae_ct")
-    qdm = tiny_bundle(tmp_path, "qdm_ct_x8", {"first_stage": {"kind": "kl_vae", "bundle": "../vae_ct", "channels": [8, 16, 16], "norm_num_groups": 8}})
+    qdm = tiny_bundle(
+        tmp_path, "qdm_ct_x8", {"first_stage": {"kind": "kl_vae", "bundle": "../vae_ct", "channels": [8, 16, 16], "norm_num_groups": 8}}
+    )
     with pytest.raises(ConfigError, match="no trained weights"):
         train_bundle(qdm, data=ct_folder, max_steps=1, output=tmp_path / "r1", quiet=True, device="cpu")
     fs = json.loads((vae / "configs" / "train.json").read_text())["first_stage"]
@@ -81,7 +91,7 @@ def test_qdm_on_untrained_vae_is_refused(tmp_path, ct_folder):
     train_bundle(qdm, data=ct_folder, max_steps=2, output=tmp_path / "r3", quiet=True, device="cpu")
     assert (tmp_path / "r3" / "models" / "model.pt").is_file()
     # the VAE stored in half precision loads the same, and the QDM bundle's latent scale overrides the VAE's
-    from qdm_med.training.config import build_first_stage_from, bundle_settings
+    from qdm_med.bundle import build_first_stage_from, bundle_settings
 
     state = torch.load(vae / "models" / "model.pt", weights_only=True)
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, vae / "models" / "model.pt")
@@ -190,8 +200,18 @@ def test_vae_optional_perceptual_and_adversarial_terms_resume_exactly(tmp_path, 
 
     torch.manual_seed(0)
     torch.save(build_lpips().state_dict(), lp)  # random AlexNet weights: the term's plumbing, not its quality
-    extra = {"train": {"perceptual_weight": 0.1, "adversarial_weight": 0.05, "adversarial_start": 1, "lpips_path": str(lp),
-                       "checkpoint_every": 1, "validate_every": 100, "log_every": 1, "warmup": 0}}
+    extra = {
+        "train": {
+            "perceptual_weight": 0.1,
+            "adversarial_weight": 0.05,
+            "adversarial_start": 1,
+            "lpips_path": str(lp),
+            "checkpoint_every": 1,
+            "validate_every": 100,
+            "log_every": 1,
+            "warmup": 0,
+        }
+    }
     bundle = tiny_bundle(tmp_path, "vae_ct", extra)
     train_bundle(bundle, data=ct_folder, max_steps=4, output=tmp_path / "full", quiet=True, device="cpu")
     train_bundle(bundle, data=ct_folder, max_steps=2, output=tmp_path / "part", quiet=True, device="cpu")
@@ -218,8 +238,10 @@ def test_qdm_lpips_finetune_from_trained_model(tmp_path, ct_folder):
     bundle = tiny_bundle(tmp_path, "qdm_ct_x8")
     train_bundle(bundle, data=ct_folder, max_steps=2, output=tmp_path / "base", quiet=True, device="cpu")
     base = tmp_path / "base" / "models" / "model.pt"
-    ft = tiny_bundle(tmp_path / "ft", "qdm_ct_x8", {"train": {"lpips_weight": 0.1, "lpips_path": str(lp), "init_from": str(base), "log_every": 1}})
-    from qdm_med.training.config import bundle_settings
+    ft = tiny_bundle(
+        tmp_path / "ft", "qdm_ct_x8", {"train": {"lpips_weight": 0.1, "lpips_path": str(lp), "init_from": str(base), "log_every": 1}}
+    )
+    from qdm_med.bundle import bundle_settings
     from qdm_med.training.stages import QDMStage
 
     stage = QDMStage(bundle_settings(ft, "train"))
@@ -235,7 +257,7 @@ def test_qdm_lpips_finetune_from_trained_model(tmp_path, ct_folder):
 
 
 def test_init_from_accepts_added_detail_blocks_and_rejects_other_changes(tmp_path, ct_folder):
-    from qdm_med.training.config import bundle_settings
+    from qdm_med.bundle import bundle_settings
     from qdm_med.training.stages import QDMStage
 
     detail = {"config": "tiny", "cond": "latent", "detail_channels": 8}
@@ -246,8 +268,8 @@ def test_init_from_accepts_added_detail_blocks_and_rejects_other_changes(tmp_pat
     deep = tiny_bundle(tmp_path / "deep", "qdm_ct_x8", {"model": {**detail, "detail_blocks": 2}, "train": {"init_from": str(base)}})
     stage = QDMStage(bundle_settings(deep, "train"))
     for k, v in stage.model.state_dict().items():
-        if k.startswith("detail_res."):
-            assert k.startswith("detail_res.0.") or k.startswith("detail_res.1.")
+        if k.startswith(stage.model.ADDED_BY_DETAIL_BLOCKS):
+            assert k.startswith("detail.res.0.") or k.startswith("detail.res.1.")
         else:
             assert torch.equal(v, state["qdm." + k]), k
     wide = tiny_bundle(tmp_path / "wide", "qdm_ct_x8", {"model": {**detail, "detail_channels": 16}, "train": {"init_from": str(base)}})
@@ -273,8 +295,10 @@ def test_degradation_mix_draws_each_preset_reproducibly():
         clean += bool(torch.allclose(lr, ref, atol=1e-6))
     assert 10 <= clean <= 30  # both presets drawn, about half each
     only = PairedDataset(base, {"mix": {"medical": 0.0, "bicubic": 1.0}}, 4)
-    assert all(torch.allclose(only.get(i, 0)["lr"], bicubic_downsample((base[i]["hr"][None] + 1) / 2, 4)[0].clamp(0, 1) * 2 - 1, atol=1e-6)
-               for i in range(5))
+    assert all(
+        torch.allclose(only.get(i, 0)["lr"], bicubic_downsample((base[i]["hr"][None] + 1) / 2, 4)[0].clamp(0, 1) * 2 - 1, atol=1e-6)
+        for i in range(5)
+    )
     for bad, msg in (({"mix": {}}, "mapping"), ({"mix": {"medical": -1.0}}, ">= 0"), ({"mix": {"blurry": 1.0}}, "blurry")):
         with pytest.raises(ConfigError, match=msg):
             PairedDataset(base, bad, 4)
@@ -301,9 +325,18 @@ def test_bad_lr_schedule_is_a_config_error(tmp_path, ct_folder):
 def test_phases_equal_a_run_resumed_at_each_boundary(tmp_path, ct_folder):
     """One run through ``train.phases`` == stopping at the boundary and resuming with the next phase's config."""
     later = {"preset": {"mix": {"clean": 0.5, "medical": 0.5}}, "lr_schedule": "cosine"}
-    common = {"steps": 6, "warmup": 0, "checkpoint_every": 3, "validate_every": 100, "log_every": 1, "phases": [],  # not the bundle's
-              "lr_schedule": "constant"}
-    phased = tiny_bundle(tmp_path / "phased", "qdm_ct_x8", {"data": {"preset": "bicubic"}, "train": {**common, "phases": [{"until": 3}, later]}})
+    common = {
+        "steps": 6,
+        "warmup": 0,
+        "checkpoint_every": 3,
+        "validate_every": 100,
+        "log_every": 1,
+        "phases": [],  # not the bundle's
+        "lr_schedule": "constant",
+    }
+    phased = tiny_bundle(
+        tmp_path / "phased", "qdm_ct_x8", {"data": {"preset": "bicubic"}, "train": {**common, "phases": [{"until": 3}, later]}}
+    )
     train_bundle(phased, data=ct_folder, output=tmp_path / "one", quiet=True, device="cpu")
     first = tiny_bundle(tmp_path / "a", "qdm_ct_x8", {"data": {"preset": "bicubic"}, "train": common})
     second = tiny_bundle(tmp_path / "b", "qdm_ct_x8", {"data": {"preset": later["preset"]}, "train": {**common, "lr_schedule": "cosine"}})
@@ -317,13 +350,16 @@ def test_phases_equal_a_run_resumed_at_each_boundary(tmp_path, ct_folder):
     assert _losses(tmp_path / "plain_run")[:3] == _losses(tmp_path / "one")[:3] != _losses(tmp_path / "plain_run")
 
 
-@pytest.mark.parametrize("phases, message", [
-    ([{"until": 3}, {"until": 2}], "must be above"),
-    ([{}, {"until": 5}], "only the last phase"),
-    ([{"until": 3, "steps": 9}], "unknown keys"),
-    ([{"until": 3, "lr_schedule": "step"}], "lr_schedule"),
-    ({"until": 3}, "expected a list"),
-])
+@pytest.mark.parametrize(
+    "phases, message",
+    [
+        ([{"until": 3}, {"until": 2}], "must be above"),
+        ([{}, {"until": 5}], "only the last phase"),
+        ([{"until": 3, "steps": 9}], "unknown keys"),
+        ([{"until": 3, "lr_schedule": "step"}], "lr_schedule"),
+        ({"until": 3}, "expected a list"),
+    ],
+)
 def test_bad_phases_are_config_errors(tmp_path, ct_folder, phases, message):
     bundle = tiny_bundle(tmp_path, "qdm_ct_x8", {"train": {"phases": phases}})
     with pytest.raises(ConfigError, match=message):
@@ -331,14 +367,15 @@ def test_bad_phases_are_config_errors(tmp_path, ct_folder, phases, message):
 
 
 def test_t_final_prob_trains_that_share_at_the_prior_step(tmp_path):
-    from qdm_med.training.config import bundle_settings
+    from qdm_med.bundle import bundle_settings
     from qdm_med.training.stages import QDMStage
 
     def drawn_steps(prob, n=40):
         stage = QDMStage(bundle_settings(tiny_bundle(tmp_path / str(prob), "qdm_ct_x8", {"train": {"t_final_prob": prob}}), "train"))
         seen = []
-        stage.diffusion.training_loss = lambda model, x0, y, cond, mask, t, **kw: seen.append(t.clone()) or {
-            "loss": torch.zeros(()), "mse_down": torch.zeros(()), "mse_up": torch.zeros(())}
+        stage.diffusion.training_loss = lambda model, x0, y, cond, mask, t, **kw: (
+            seen.append(t.clone()) or {"loss": torch.zeros(()), "mse_down": torch.zeros(()), "mse_up": torch.zeros(())}
+        )
         g = torch.Generator().manual_seed(0)
         for _ in range(n):
             stage.loss(stage.model, torch.rand(4, 1, 32, 32) * 2 - 1, torch.rand(4, 1, 4, 4) * 2 - 1, g)
@@ -359,16 +396,17 @@ def test_t_final_prob_trains_that_share_at_the_prior_step(tmp_path):
 def test_token_sparse_model_trains_on_per_sample_token_masks(tmp_path):
     """A token-sparse model is called with the quadtree token masks of its LR crops, each sample at a
     threshold drawn from train.token_mask_thresholds; a window model is called without one."""
+    from qdm_med.bundle import bundle_settings
     from qdm_med.quadtree import qdm_masks
-    from qdm_med.training.config import bundle_settings
     from qdm_med.training.stages import QDMStage
 
     def calls(model_cfg, train_cfg):
         bundle = tiny_bundle(tmp_path / str(len(list(tmp_path.iterdir()))), "qdm_ct_x8", {"model": model_cfg, "train": train_cfg})
         stage = QDMStage(bundle_settings(bundle, "train"))
         seen = []
-        stage.diffusion.training_loss = lambda model, *a, model_kwargs=None, **kw: seen.append(model_kwargs or {}) or {
-            "loss": torch.zeros(()), "mse_down": torch.zeros(()), "mse_up": torch.zeros(())}
+        stage.diffusion.training_loss = lambda model, *a, model_kwargs=None, **kw: (
+            seen.append(model_kwargs or {}) or {"loss": torch.zeros(()), "mse_down": torch.zeros(()), "mse_up": torch.zeros(())}
+        )
         lr = torch.zeros(4, 1, 8, 8)
         lr[:, :, :4, :4] = torch.linspace(-1, 1, 16).view(4, 4) * 0.4  # block ranges 0.05 to 0.35
         for seed in range(6):
@@ -388,7 +426,7 @@ def test_token_sparse_model_trains_on_per_sample_token_masks(tmp_path):
 def test_staged_recipe_base_config_then_fine_tune_from_its_run(tmp_path, ct_folder, monkeypatch):
     """``--config train_base`` trains configs/train_base.json into runs/<bundle>-train_base; the fine-tune
     config names that run in train.init_from (relative to the working folder) or gets it from --init-from."""
-    from qdm_med.training.config import bundle_settings
+    from qdm_med.bundle import bundle_settings
     from qdm_med.training.stages import QDMStage
 
     bundle = tiny_bundle(tmp_path, "qdm_ct_x8", {"model": {"token_sparse": False}})
@@ -409,7 +447,8 @@ def test_staged_recipe_base_config_then_fine_tune_from_its_run(tmp_path, ct_fold
     assert stage.model.token_sparse and all(torch.equal(v, state["qdm." + k]) for k, v in stage.model.state_dict().items())
     moved = tmp_path / "elsewhere.pt"
     weights.rename(moved)
-    fine = runner.invoke(app, ["train", str(bundle), "--data", str(ct_folder), "--max-steps", "2", "-q", "--init-from", str(moved)])
+    fine = runner.invoke(app, ["train", str(bundle), "--data", str(ct_folder), "--max-steps", "2", "-q", "--config", "train",
+                                "--init-from", str(moved)])
     assert fine.exit_code == 0, fine.output
     assert (tmp_path / "runs" / "qdm_ct_x8" / "models" / "model.pt").is_file()
     for bad, message in (("inference", "not the inference one"), ("nope", "nope.json: missing")):

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,7 +38,13 @@ def tiny_bundle(dest: Path, name: str, extra: dict | None = None, recipe: bool =
                 continue
             cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
         if cfg["stage"] == "vae":
-            cfg["first_stage"] = {"kind": "kl_vae", "latent_channels": 3, "channels": [8, 16, 16], "num_res_blocks": 1, "norm_num_groups": 8}
+            cfg["first_stage"] = {
+                "kind": "kl_vae",
+                "latent_channels": 3,
+                "channels": [8, 16, 16],
+                "num_res_blocks": 1,
+                "norm_num_groups": 8,
+            }
             cfg["data"]["crop_size"] = 32
         if cfg.get("prior") and "prior" not in merged:
             if cfg["stage"] == "prior" or recipe:

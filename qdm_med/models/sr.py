@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 from qdm_med.diffusion import SAMPLERS, ResShiftDiffusion, make_plan
 from qdm_med.errors import ConfigError
-from qdm_med.transforms import bicubic_upsample
 from qdm_med.quadtree import qdm_masks
+from qdm_med.transforms.resample import bicubic_upsample
 
 __all__ = ["QDMSuperResolution"]
 
@@ -56,7 +56,7 @@ class QDMSuperResolution(nn.Module):
     """
 
     def __init__(self, first_stage: nn.Module, qdm: nn.Module, diffusion: ResShiftDiffusion | None = None, scale: int = 8,
-                 sampler: str = "tss", steps: int = 7, threshold: float = 0.15, sparse: bool = True, chunk_size: int = 64,
+                 sampler: str = "uniform", steps: int = 1, threshold: float = 0.15, sparse: bool = True, chunk_size: int = 64,
                  sampler_params: dict | None = None, prior: nn.Module | None = None, start: str | None = None,
                  stochastic: bool = True) -> None:
         super().__init__()
@@ -90,7 +90,9 @@ class QDMSuperResolution(nn.Module):
         if steps is not None:
             T = self.diffusion.num_timesteps
             if not 0 <= int(steps) <= T:
-                raise ConfigError(f"steps {steps}: must be between 0 (the start alone: the prior's prediction) and {T} (the trained schedule)")
+                raise ConfigError(
+                    f"steps {steps}: must be between 0 (the start alone: the prior's prediction) and {T} (the trained schedule)"
+                )
             self.steps = int(steps)
         if threshold is not None:
             if not math.isfinite(float(threshold)) or float(threshold) < 0:
@@ -126,8 +128,15 @@ class QDMSuperResolution(nn.Module):
             up = self.prior(lr_p) if self.prior is not None else bicubic_upsample(lr_p, self.scale).clamp(-1, 1)
             timings["prior"] = time.perf_counter() - t0
             macs = self.prior.macs(up.shape[-2:], b) if self.prior is not None else 0
-            self.last_info = {"sampler": "none", "steps": 0, "start": "prior" if self.prior is not None else "bicubic",
-                              "threshold": self.threshold, "timings": timings, "macs_prior": macs, "macs": macs}
+            self.last_info = {
+                "sampler": "none",
+                "steps": 0,
+                "start": "prior" if self.prior is not None else "bicubic",
+                "threshold": self.threshold,
+                "timings": timings,
+                "macs_prior": macs,
+                "macs": macs,
+            }
             return up[..., : h * self.scale, : w * self.scale]
         up = self.start_image(lr_p)
         timings["start"] = time.perf_counter() - t0
@@ -139,8 +148,16 @@ class QDMSuperResolution(nn.Module):
         plan = make_plan(self.sampler, self.steps, self.diffusion.num_timesteps, lr=lr_p, latent_size=lat_hw, **self.sampler_params)
         t0 = time.perf_counter()
         x0, info = self.diffusion.sample(
-            self.qdm, y, self.qdm.conditioning(lr_p, y), diffusion_mask=masks.diffusion, token_mask=masks.token, timesteps=plan,
-            generator=generator, sparse=self.sparse, chunk_size=self.chunk_size, stochastic=self.stochastic,
+            self.qdm,
+            y,
+            self.qdm.conditioning(lr_p, y),
+            diffusion_mask=masks.diffusion,
+            token_mask=masks.token,
+            timesteps=plan,
+            generator=generator,
+            sparse=self.sparse,
+            chunk_size=self.chunk_size,
+            stochastic=self.stochastic,
         )
         timings["sample"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -150,14 +167,23 @@ class QDMSuperResolution(nn.Module):
         qdm_macs = info.get("macs")
         prior_macs = self.prior.macs(up.shape[-2:], b) if self.start == "prior" else 0
         self.last_info = {
-            "sampler": self.sampler, "steps": self.steps, "threshold": self.threshold, "sparse": self.sparse,
-            "start": self.start, "stochastic": self.stochastic,
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "threshold": self.threshold,
+            "sparse": self.sparse,
+            "start": self.start,
+            "stochastic": self.stochastic,
             "mask_density": float(masks.token.float().mean()),
             "diffusion_mask_density": float(masks.diffusion.float().mean()),
-            "active_windows": info.get("active_windows"), "total_windows": info.get("total_windows"),
-            "active_tokens": info.get("active_tokens"), "total_tokens": info.get("total_tokens"),
-            "macs_qdm": qdm_macs, "macs_decode": decode_macs, "macs_prior": prior_macs,
+            "active_windows": info.get("active_windows"),
+            "total_windows": info.get("total_windows"),
+            "active_tokens": info.get("active_tokens"),
+            "total_tokens": info.get("total_tokens"),
+            "macs_qdm": qdm_macs,
+            "macs_decode": decode_macs,
+            "macs_prior": prior_macs,
             "macs": None if qdm_macs is None else int(qdm_macs) + decode_macs + prior_macs,
-            "timesteps": info.get("timesteps"), "timings": timings,
+            "timesteps": info.get("timesteps"),
+            "timings": timings,
         }
         return out[..., : h * self.scale, : w * self.scale].clamp(-1, 1)

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from qdm_med.errors import ConfigError, QDMError
-from qdm_med.inference.inputs import one_line as _one_line
-from qdm_med.inference.volume import DEFAULT_WINDOW
+from qdm_med.io._util import one_line as _one_line
+from qdm_med.transforms.window import DEFAULT_WINDOW
 
 __all__ = ["ResolvedModel", "default_bundle_dir", "resolve_model", "apply_overrides", "model_threshold", "bundle_identity"]
 
@@ -35,8 +35,8 @@ class ResolvedModel:
 
 def default_bundle_dir(kind: str, scale: int) -> Path:
     """The shipped bundle for ``kind`` ("volume"/"image") and ``scale``: ``qdm_ct_x{s}`` or
-    ``qdm_natural_x{s}``, searched as :mod:`qdm_med.bundle_paths` says."""
-    from qdm_med.bundle_paths import available_bundles, find_bundle
+    ``qdm_natural_x{s}``, searched as :mod:`qdm_med.bundle.paths` says."""
+    from qdm_med.bundle.paths import available_bundles, find_bundle
 
     name = f"qdm_{'natural' if kind == 'image' else 'ct'}_x{scale}"
     found = find_bundle(name)
@@ -66,7 +66,7 @@ def resolve_model(bundle, kind: str, scale: int, device: torch.device) -> Resolv
         bundle_dir = Path(bundle) if bundle is not None else default_bundle_dir(kind, scale)
         if not bundle_dir.exists():
             raise ConfigError(f"{bundle_dir}: no such bundle folder")
-        from qdm_med.inference.bundle import load_bundle
+        from qdm_med.bundle.loader import load_bundle
 
         try:
             loaded = load_bundle(bundle_dir, device)

@@ -21,29 +21,21 @@ import numpy as np
 
 from qdm_med._atomic import check_output_path
 from qdm_med.errors import ConfigError, InputError, OutputError, QDMError
+from qdm_med.io._util import IMAGE_SUFFIXES, one_line, suffix_of
 
 __all__ = [
     "VOLUME_SUFFIXES", "IMAGE_SUFFIXES", "FORMATS", "InputSpec", "ImageInput", "detect_input", "format_of_output",
     "plan_output", "check_outputs", "one_line", "check_load_options", "load_volume_input", "load_image_input", "load_reference",
 ]
 
-VOLUME_SUFFIXES = {".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "nrrd", ".mha": "mha", ".mhd": "mha", ".dcm": "dicom"}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+VOLUME_SUFFIXES = {".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "mha", ".mhd": "mha", ".dcm": "dicom"}
 FORMATS = ("nifti", "nrrd", "mha", "dicom", "png")
 FORMAT_SUFFIX = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "png": ".png", "dicom": ""}
 
 
 # ----------------------------------------------------------------------------------------------- paths
-def _suffix(path: Path) -> str:
-    """Lower-case suffix, ``.nii.gz`` counted as one."""
-    name = path.name.lower()
-    if name.endswith(".nii.gz"):
-        return ".nii.gz"
-    return path.suffix.lower()
-
-
 def _stem(path: Path) -> str:
-    suf = _suffix(path)
+    suf = suffix_of(path)
     return path.name[: len(path.name) - len(suf)] if suf else path.name
 
 
@@ -69,22 +61,22 @@ def detect_input(path: str | os.PathLike) -> InputSpec:
         raise InputError(f"{p}: file is not readable (permission denied)")
     if p.stat().st_size == 0:
         raise InputError(f"{p}: file is empty")
-    suf = _suffix(p)
+    suf = suffix_of(p)
     if suf in VOLUME_SUFFIXES:
         return InputSpec(p, "volume", VOLUME_SUFFIXES[suf])
     if suf in IMAGE_SUFFIXES:
         return InputSpec(p, "image", "png")
     raise InputError(
-        f"{p}: unsupported file type {suf or '(no extension)'!r}; expected NIfTI (.nii, .nii.gz), NRRD (.nrrd), "
+        f"{p}: unsupported file type {suf or '(no extension)'!r}; expected NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), "
         "MetaImage (.mha, .mhd), DICOM (folder or .dcm) or an image (.png, .jpg, .tif)"
     )
 
 
 def format_of_output(path: Path) -> str | None:
-    suf = _suffix(path)
+    suf = suffix_of(path)
     if suf in IMAGE_SUFFIXES:
         return "png"
-    if suf in VOLUME_SUFFIXES and suf != ".dcm":
+    if suf in VOLUME_SUFFIXES and suf not in (".dcm", ".nhdr"):  # .nhdr (detached header) is read, not written
         return VOLUME_SUFFIXES[suf]
     if suf == "":
         return "dicom"
@@ -103,7 +95,7 @@ def plan_output(spec: InputSpec, output: str | os.PathLike | None, fmt: str | No
         out = Path(output)
         out_fmt = format_of_output(out)
         if out_fmt is None:
-            raise ConfigError(f"{out}: unknown output extension {_suffix(out)!r}; use .nii.gz, .nrrd, .mha, .png or a folder for DICOM")
+            raise ConfigError(f"{out}: unknown output extension {suffix_of(out)!r}; use .nii.gz, .nrrd, .mha, .png or a folder for DICOM")
         if fmt is None:
             fmt = out_fmt
         elif fmt != out_fmt:
@@ -117,7 +109,7 @@ def plan_output(spec: InputSpec, output: str | os.PathLike | None, fmt: str | No
     if output is None:
         ext = FORMAT_SUFFIX[fmt]
         if fmt == spec.fmt and fmt in ("nifti", "mha"):
-            ext = _suffix(spec.path)  # keep .nii vs .nii.gz, .mha vs .mhd
+            ext = suffix_of(spec.path)  # keep .nii vs .nii.gz, .mha vs .mhd
             ext = ".mha" if ext == ".mhd" else ext
         out = spec.path.parent / f"{_stem(spec.path)}_sr_x{scale}{ext}"
     if out.resolve() == spec.path.resolve():
@@ -156,11 +148,6 @@ def check_outputs(paths: Sequence[tuple[str, Path | None]], overwrite: bool) -> 
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
 def load_volume_input(path: Path, series: str | None = None, force: bool = False, volume_index: int | None = None,
                       fill: float | None = None):
     """Load a CT volume for the model: ``(volume, frame)``.

@@ -23,19 +23,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from qdm_med.data.corpus import default_lpips_path
+from qdm_med.transforms.window import FULL_HU_RANGE
+
 __all__ = ["FULL_HU_RANGE", "UNAVAILABLE", "load_lpips_or_none", "SliceScorer", "summarize", "volume_psnr"]
 
-#: Full CT range for reports (12-bit).
-FULL_HU_RANGE: tuple[float, float] = (-1024.0, 3071.0)
 #: Value written where LPIPS cannot be computed (weights not fetched): never a made-up number.
 UNAVAILABLE = "unavailable"
-
-
-def default_lpips_path() -> Path:
-    """Where ``qdm-med data fetch`` writes the converted AlexNet LPIPS weights."""
-    from qdm_med.data.corpus import default_data_dir
-
-    return Path(default_data_dir()) / "lpips" / "alex.pt"
 
 
 def load_lpips_or_none(weights_path: str | Path | None = None, device: str | torch.device = "cpu"):

@@ -8,8 +8,8 @@ from typing import Sequence
 
 from qdm_med._atomic import atomic_path
 from qdm_med.errors import ConfigError
-from qdm_med.inference.inputs import check_load_options, check_outputs, detect_input, format_of_output, load_image_input, load_volume_input
-from qdm_med.inference.volume import DEFAULT_WINDOW
+from qdm_med.jobs.inputs import check_load_options, check_outputs, detect_input, format_of_output, load_image_input, load_volume_input
+from qdm_med.transforms.window import DEFAULT_WINDOW
 
 __all__ = ["make_mask_picture"]
 
@@ -32,7 +32,7 @@ def make_mask_picture(
     fraction of active 2x2-LR-pixel blocks of Algorithm 1 (the model mask for x4 and x8), i.e. the share
     of the image the sparse model refines. A volume is shown in its axial planes.
     """
-    from qdm_med.inference.preview import quadtree_picture
+    from qdm_med.jobs.preview import quadtree_picture
 
     if threshold is None or float(threshold) < 0:
         raise ConfigError(f"threshold {threshold}: must be >= 0")

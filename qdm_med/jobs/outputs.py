@@ -15,17 +15,12 @@ import torch
 
 from qdm_med._atomic import atomic_path
 from qdm_med.errors import InputError, QDMError
+from qdm_med.reports.json_report import to_jsonable
 
 __all__ = [
     "save_result", "bicubic_hu", "bicubic_image", "align_reference", "model_section", "volume_summary", "audit_fields",
-    "write_report", "jsonable",
+    "write_report",
 ]
-
-
-def jsonable(obj):
-    from qdm_med.reports import to_jsonable
-
-    return to_jsonable(obj)
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -117,7 +112,7 @@ def audit_fields(command: str, command_line: str | None, seed: int, batch_size: 
 
 def model_section(model, stats: dict, threshold: float, overrides: dict) -> dict:
     """Bundle (name, path, window, version, weights SHA-256), sampling settings, mask density, MACs, device."""
-    from qdm_med.inference.resolve import bundle_identity
+    from qdm_med.jobs.resolve import bundle_identity
 
     info = stats.get("pipeline", {})
     bundle = {"name": model.name, "path": model.path, "window": list(model.window)}
@@ -164,4 +159,4 @@ def write_report(report: dict, path: Path | None, overwrite: bool) -> None:
         return
     from qdm_med.reports import write_json_report
 
-    write_json_report(jsonable(report), path, overwrite=overwrite)
+    write_json_report(to_jsonable(report), path, overwrite=overwrite)

@@ -51,7 +51,7 @@ def _central_slices(vol, n: int):
 
 def _bundle_for_demo(scale: int):
     """The shipped bundle for ``scale`` when it holds trained weights, else None (with the reason)."""
-    from qdm_med.inference.run import default_bundle_dir
+    from qdm_med.jobs.resolve import default_bundle_dir
 
     try:
         bundle = default_bundle_dir("volume", scale)
@@ -65,9 +65,9 @@ def _bundle_for_demo(scale: int):
 def run_demo(out: str | Path = "qdm_demo", scale: int = 8, device: str = "auto", n_slices: int = 8, quiet: bool = False) -> dict:
     """Run the demo; returns ``{"folder", "report", "lines"}`` (lines are the printed summary)."""
     from qdm_med.data.corpus import fetch_corpus, list_corpus
-    from qdm_med.inference.run import upscale
     from qdm_med.io import load_volume, save_volume
-    from qdm_med.simulate import degrade_file
+    from qdm_med.jobs.degrade import degrade_file
+    from qdm_med.jobs.upscale import upscale
 
     fetch_corpus(None, quiet=quiet)
     entry = _pick_entry(list_corpus(None))
