@@ -78,7 +78,8 @@ def parse_options(argv: list[str] | None = None) -> DeployOptions:
                    help="qdm-med bundle folder (e.g. bundles/qdm_ct_x4) or a folder holding one [HOLOSCAN_MODEL_PATH]")
     p.add_argument("-l", "--log-level", type=str.upper, default="WARN", choices=["DEBUG", "INFO", "WARN", "ERROR", "CRITICAL"])
     p.add_argument("--rules", default=os.environ.get("QDM_DEPLOY_RULES"),
-                   help="series selection rules of the SDK selector: JSON text or file [QDM_DEPLOY_RULES]; default axial CT, largest series")
+                   help="series selection rules of the SDK selector: JSON text or file [QDM_DEPLOY_RULES]; "
+                        "default axial CT, largest series")
     p.add_argument("--seed", type=int, default=0, help="noise seed (as qdm-med upscale --seed)")
     p.add_argument("--batch-size", type=int, default=4, help="slices per model call (as qdm-med upscale)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ItemNotExistsError:  # raised by the SDK's DICOMDataLoaderOperator
-        print(f"error: {opts.input}: no DICOM study the SDK loader accepts (no DICOM files, or none with StudyInstanceUID and SOPInstanceUID)", file=sys.stderr)
+        print(f"error: {opts.input}: no DICOM study the SDK loader accepts (no DICOM files, or none with StudyInstanceUID and "
+              "SOPInstanceUID)", file=sys.stderr)
         return 2
     if app.writer is None or app.writer.written is None:
         print("error: the application finished without writing a series (see the log above)", file=sys.stderr)

@@ -82,7 +82,7 @@ class QDMBundleSROperator(Operator):
 
     def __init__(self, fragment: Fragment, *args, bundle_dir: str | Path, seed: int = 0, batch_size: int = 4,
                  tile_size: int | None = 128, device: str = "auto", check_output=None, **kwargs) -> None:
-        from qdm_med.inference.bundle import load_bundle
+        from qdm_med.bundle import load_bundle
         from qdm_med.inference.volume import resolve_device
 
         self.device = resolve_device(device)

@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from deploy_doubles import write_axial_ct
 
-from qdm_med.bundle_paths import find_bundle
+from qdm_med.bundle.paths import find_bundle
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::DeprecationWarning")
 
@@ -53,7 +53,7 @@ def _read(folder: Path) -> list:
 
 def test_derived_series_equals_qdm_med_upscale(deployed, bundle):
     """One file per slice, x4 rows/columns, DERIVED with source references, voxels = qdm-med upscale --format dicom."""
-    from qdm_med.inference.run import upscale
+    from qdm_med.jobs.upscale import upscale
 
     root, files, proc = deployed
     series_dirs = list((root / "out").iterdir())
@@ -123,7 +123,8 @@ def test_largest_ct_series_by_default_and_user_rules(deploy_sdk, bundle, tmp_pat
     rules = '{"selections": [{"name": "small", "conditions": {"Modality": "CT", "SeriesDescription": "^Small$"}}]}'
     assert main(args + ["-o", str(tmp_path / "o2"), "--rules", rules]) == 0
     (series_dir,) = (tmp_path / "o2").iterdir()
-    assert {d.SourceImageSequence[0].ReferencedSOPInstanceUID for d in _read(series_dir)} == {pydicom.dcmread(f).SOPInstanceUID for f in small}
+    sources = {pydicom.dcmread(f).SOPInstanceUID for f in small}
+    assert {d.SourceImageSequence[0].ReferencedSOPInstanceUID for d in _read(series_dir)} == sources
     capsys.readouterr()
 
 

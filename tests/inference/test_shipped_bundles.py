@@ -45,7 +45,7 @@ def test_shipped_fidelity_mode_beats_bicubic_on_the_held_out_region_for_any_seed
     """The default (fidelity mode: the learned prior) on abdominal CT, a region the prior never trained on, with
     LR from scikit-image's antialiased resize, clean and with 10 HU noise: above bicubic on every slice, and the
     same image for two seeds."""
-    from qdm_med.inference.run import evaluate
+    from qdm_med.jobs.evaluate import evaluate
 
     bundle = REPO / "bundles" / name
     cfg = json.loads((bundle / "configs" / "train_prior.json").read_text())
@@ -63,9 +63,9 @@ def test_shipped_fidelity_mode_beats_bicubic_on_the_held_out_region_for_any_seed
 
     import numpy as np
 
-    from qdm_med.inference.run import upscale
+    from qdm_med.data.simulate import degrade_volume
     from qdm_med.io import load_volume, save_volume
-    from qdm_med.simulate import degrade_volume
+    from qdm_med.jobs.upscale import upscale
 
     vol = load_volume(hr)
     lr = degrade_volume(dataclasses.replace(vol, array=vol.array[:, :, 8:10]), int(cfg["scale"]), preset="skimage_resize_noise", seed=3)
