@@ -217,7 +217,7 @@ def upscale(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output path (default: <input>_sr_x<scale> next to the input)."),
     bundle: Optional[str] = typer.Option(None, "--bundle", help="Bundle folder, or 'bicubic' (default: the shipped bundle for the scale)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="nifti, nrrd, dicom or png (default: same kind as the input)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Diffusion steps (default: the bundle's; 0: the learned prior alone, fidelity mode)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Diffusion steps (default: the bundle's; 0: the prior alone)."),
     sampler: Optional[SamplerName] = typer.Option(None, "--sampler", help="uniform, tds or tss (default: the bundle's)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Quadtree threshold s on the [-1,1] scale; 0 = dense."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:i."),
