@@ -351,16 +351,7 @@ class DualStreamQDM(nn.Module):
         return down[..., :h, :w], up[..., :h, :w]
 
     def forward_sparse(self, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: torch.Tensor | None, chunk_size: int = 64):
-        """Sparse path: ``(down * m + up * (1 - m), info)``; only windows with an active token are computed
-        (with token sparsity, only their active tokens).
-
-        Args:
-            token_mask: (B, ceil(h/2), ceil(w/2)) bool (None = all active).
-            chunk_size: windows per downstream call (bounds memory).
-        Returns:
-            prediction (B, Cz, h, w) and ``{"active_windows", "total_windows", "active_tokens",
-            "total_tokens", "active_units", "macs"}`` (tokens and detail units actually computed).
-        """
+        """Sparse path, ``(prediction (B, Cz, h, w), info)``: see :func:`qdm_med.models.sparse.forward_sparse`."""
         return sparse.forward_sparse(self, x_in, t, lr, token_mask, chunk_size)
 
     def forward_window_loop(self, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
