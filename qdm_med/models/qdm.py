@@ -355,14 +355,7 @@ class DualStreamQDM(nn.Module):
         return sparse.forward_sparse(self, x_in, t, lr, token_mask, chunk_size)
 
     def forward_window_loop(self, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
-        """The reference implementation's sparse path: a Python loop over batch items and windows that runs
-        the downstream on one active window at a time (whole, with the detail branch on its halo'd window).
-        Same output as :meth:`forward_sparse` (up to float rounding); kept as its test oracle and as the
-        baseline of the gather benchmark.
-
-        Returns:
-            prediction (B, Cz, h, w).
-        """
+        """The reference per-window Python loop, (B, Cz, h, w): see :func:`qdm_med.models.sparse.forward_window_loop`."""
         return sparse.forward_window_loop(self, x_in, t, lr, token_mask)
 
     # ----------------------------------------------------------------------------------------- MACs
