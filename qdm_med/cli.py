@@ -60,6 +60,14 @@ class SamplerName(str, Enum):
     tss = "tss"
 
 
+class Mode(str, Enum):
+    fidelity = "fidelity"
+    detail = "detail"
+
+
+MODE_HELP = "fidelity (the bundle's default: deterministic, best PSNR) or detail (few-step TSS: finer texture, lower LPIPS)."
+
+
 def _setup_logging(quiet: bool, verbose: bool = False) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
@@ -217,7 +225,8 @@ def upscale(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output path (default: <input>_sr_x<scale> next to the input)."),
     bundle: Optional[str] = typer.Option(None, "--bundle", help="Bundle folder, or 'bicubic' (default: the shipped bundle for the scale)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="nifti, nrrd, dicom or png (default: same kind as the input)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Diffusion steps (default: the bundle's; 0: the prior alone)."),
+    mode: Mode = typer.Option(Mode.fidelity, "--mode", help=MODE_HELP),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Diffusion steps (default: the mode's; 0: the prior alone)."),
     sampler: Optional[SamplerName] = typer.Option(None, "--sampler", help="uniform, tds or tss (default: the bundle's)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Quadtree threshold s on the [-1,1] scale; 0 = dense."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:i."),
@@ -244,7 +253,7 @@ def upscale(
         sampler=sampler.value if sampler else None, threshold=threshold, device=device, batch_size=batch_size,
         seed=seed, ref=ref, report=report, preview=preview, quiet=quiet, overwrite=overwrite,
         preview_slice=preview_slice, amp=amp, series=series, force=force, volume_index=volume_index,
-        fill_nonfinite=fill_nonfinite, command_line=_command_line(ctx),
+        fill_nonfinite=fill_nonfinite, command_line=_command_line(ctx), mode=mode.value,
     )
     if not quiet:
         _summarize(result)
@@ -278,6 +287,7 @@ def evaluate(
     preview: Optional[Path] = typer.Option(None, "--preview", help="Write a PNG montage here."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write the SR volume/image."),
     slices: Optional[str] = typer.Option(None, "--slices", help="Comma-separated slice indices (default: all)."),
+    mode: Mode = typer.Option(Mode.fidelity, "--mode", help=MODE_HELP),
     steps: Optional[int] = typer.Option(None, "--steps"),
     sampler: Optional[SamplerName] = typer.Option(None, "--sampler"),
     threshold: Optional[float] = typer.Option(None, "--threshold"),
@@ -308,7 +318,7 @@ def evaluate(
         steps=steps, sampler=sampler.value if sampler else None, threshold=threshold, device=device,
         batch_size=batch_size, slices=idx, output=output, quiet=quiet, overwrite=overwrite,
         preview_slice=preview_slice, amp=amp, series=series, force=force, volume_index=volume_index,
-        fill_nonfinite=fill_nonfinite, command_line=_command_line(ctx),
+        fill_nonfinite=fill_nonfinite, command_line=_command_line(ctx), mode=mode.value,
     )
     if not quiet:
         _summarize(result)
@@ -406,6 +416,7 @@ def bench(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:i or auto."),
     data: Optional[Path] = typer.Option(None, "--data", help="Corpus folder (default: $QDM_MED_DATA or the user cache dir)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the degradation and the sampler."),
+    patient: Optional[str] = typer.Option(None, "--patient", help="Corpus patient to measure on (default: the bundle's held-out one)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing report files in --out."),
     quiet: bool = typer.Option(False, "-q", "--quiet"),
 ) -> None:
@@ -416,7 +427,7 @@ def bench(
     chosen = [s.strip() for s in suites.split(",") if s.strip()] if suites else None
     args = " ".join(sys.argv[1:]) if sys.argv and Path(sys.argv[0]).name.startswith("qdm-med") else "bench"
     result = run_bench(bundle=bundle, out=out, quick=quick, device=device, data_dir=data, seed=seed, suites=chosen,
-                       overwrite=overwrite, quiet=quiet, command=f"qdm-med {args}")
+                       overwrite=overwrite, quiet=quiet, command=f"qdm-med {args}", patient=patient)
     if not quiet:
         t = result.get("targets", {})
         if "sparse_speedup_at_default" in t:

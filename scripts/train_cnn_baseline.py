@@ -16,6 +16,11 @@ of a multi-threaded run includes its threads' overhead. Writes ``<output>/baseli
 prior/data/train settings, for region_eval) besides
 the usual run files. ``--preset`` changes the LR degradation (e.g. the bundle's own mix, for the SPEC's
 second comparison).
+
+Since ``qdm_ct_x4`` 0.4.0 / ``qdm_ct_x8`` 0.5.0 the bundles' own prior *is* this CNN (it won the equal-time
+comparison against the residual prior recipe, ``docs/issue16_probes.md``): ``configs/train_prior.json`` is
+this script's run with its step count fixed (6522 / 9520), so the script now serves to compare a changed
+prior recipe against the reference at that recipe's CPU time (``--match``).
 """
 
 from __future__ import annotations

@@ -122,8 +122,11 @@ def test_degrade_image(tmp_path):
         (lambda d: ["degrade", str(d / "broken.nii.gz"), "-o", str(d / "o.nii.gz")], "broken.nii.gz"),
         (lambda d: ["upscale", str(d / "missing.nii.gz")], "no such file"),
         (lambda d: ["evaluate", str(d / "hr.nii.gz"), "--scale", "3"], "x3"),
+        (lambda d: ["upscale", str(d / "hr.nii.gz"), "--scale", "4", "--bundle", "bicubic", "--mode", "detail"],
+         "no detail operating point"),
     ],
-    ids=["missing", "bad-scale", "exists", "bad-output-ext", "bad-input-ext", "truncated", "upscale-missing", "evaluate-scale"],
+    ids=["missing", "bad-scale", "exists", "bad-output-ext", "bad-input-ext", "truncated", "upscale-missing", "evaluate-scale",
+         "detail-without-detail-point"],
 )
 def test_bad_input_one_line_error_no_output(tmp_path, make_args, message):
     _nifti(tmp_path / "hr.nii.gz")

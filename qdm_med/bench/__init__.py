@@ -43,6 +43,7 @@ def run_bench(
     overwrite: bool = False,
     quiet: bool = False,
     command: str = "qdm-med bench",
+    patient: str | None = None,
 ) -> dict:
     """Run the benchmark suites and write the report files into ``out``; returns the results dict.
 
@@ -53,6 +54,7 @@ def run_bench(
         data_dir: corpus folder (default: ``$QDM_MED_DATA`` or the user cache dir).
         suites: a subset of :data:`SUITES` (default: all).
         overwrite: replace existing report files in ``out``.
+        patient: the corpus patient to measure on (default: the bundle's held-out patient, ``data.holdout``).
     """
     from qdm_med._atomic import atomic_path, check_output_path
     from qdm_med.bench import suites as S
@@ -74,7 +76,7 @@ def run_bench(
         raise ConfigError(f"{bundle_dir}: no such bundle folder")
     torch.manual_seed(int(seed))
     n_slices, repeats = (4, 2) if quick else (16, 3)
-    ctx = S.prepare_context(bundle_dir, data_dir, dev, n_slices=n_slices, repeats=repeats, seed=seed)
+    ctx = S.prepare_context(bundle_dir, data_dir, dev, n_slices=n_slices, repeats=repeats, seed=seed, patient=patient)
     results: dict = {
         "command": command, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "quick": bool(quick),
         "seed": int(seed), "bundle": bundle_dir.name, "bundle_path": str(bundle_dir), "patient": ctx.patient,

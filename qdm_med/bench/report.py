@@ -54,12 +54,13 @@ def markdown_report(results: dict) -> str:
     """The whole benchmark as Markdown (headline targets, the five tables, the machine)."""
     m, d = results["machine"], results["defaults"]
     lines = [
-        f"# Benchmarks: {results['bundle']} on held-out CT ({results['patient']})",
+        f"# Benchmarks: {results['bundle']} on CT patient {results['patient']}",
         "",
         f"Measured {results['date']} with `{results['command']}` ({'quick' if results['quick'] else 'full'} mode, seed {results['seed']}).",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, {m['memory_gib']} GiB, "
         f"device {m['device']}, torch {m['torch']}, load average {m['load_average_1min']} at the start.",
-        f"Bundle default sampling: {d['sampler']}, {d['steps']} step(s), threshold s = {d['threshold']:g}. LR: `medical_test` "
+        f"Diffusion operating point (the bundle's detail mode when its default is the prior alone): {d['sampler']}, "
+        f"{d['steps']} step(s), threshold s = {d['threshold']:g}. LR: `medical_test` "
         f"degradation of slices {results['slices']} (x{results['scale']}). PSNR/SSIM in the bundle window {results['window']} HU.",
         f"Downstream sparsity: {results.get('sparsity', 'window')} level (the sparse path computes "
         f"{'the active tokens' if results.get('sparsity') == 'token' else 'every token of a window holding an active token'}).",

@@ -94,8 +94,8 @@ class BenchContext:
         return InverseHUWindow(*self.bundle.window)(x[:, 0].float().cpu().numpy())
 
     def configure(self, **kw) -> None:
-        """Set sampler/steps/threshold (None: the bundle's default; a default of 0 steps, the prior alone,
-        becomes one diffusion step: the suites that leave steps open measure the diffusion) and ``sparse``."""
+        """Set sampler/steps/threshold (None: ``defaults``, the diffusion's operating point: see
+        :func:`prepare_context`) and ``sparse``."""
         p = self.pipeline
         p.sparse = bool(kw.get("sparse", True))
         p.configure(
@@ -142,10 +142,15 @@ def prepare_context(bundle_dir, data_dir=None, device: str | torch.device = "cpu
     hr_arr = hr.array[: lr.array.shape[0] * s, : lr.array.shape[1] * s]
     to_rows = lambda a: np.ascontiguousarray(np.transpose(a[:, :, ks], (2, 1, 0)), dtype=np.float32)  # noqa: E731  (N, Y, X)
     p = bundle.pipeline
+    defaults = {"sampler": p.sampler, "steps": p.steps, "threshold": p.threshold}
+    if p.steps == 0:  # the default is the prior alone (fidelity): the suites measure the diffusion's operating point
+        detail = bundle.config.get("detail") or {}
+        defaults = {"sampler": detail.get("sampler", p.sampler), "steps": int(detail.get("steps", 1)),
+                    "threshold": float(detail.get("threshold", p.threshold))}
     return BenchContext(
         bundle=bundle, hr_hu=to_rows(hr_arr), lr_hu=to_rows(lr.array), lr_volume=lr, patient=patient, slices=ks,
         device=device, repeats=int(repeats), seed=int(seed), lpips=load_lpips_or_none(lpips_weights, device),
-        defaults={"sampler": p.sampler, "steps": p.steps, "threshold": p.threshold},
+        defaults=defaults,
     )
 
 

@@ -20,7 +20,7 @@ from qdm_med.io.types import sub_volume
 from qdm_med.jobs import outputs as out_
 from qdm_med.jobs.common import check_scale, finish, infer, score
 from qdm_med.jobs.inputs import check_load_options, check_outputs, detect_input, load_image_input, load_volume_input, plan_output
-from qdm_med.jobs.resolve import apply_overrides, model_threshold, resolve_model
+from qdm_med.jobs.resolve import apply_overrides, model_threshold, operating_point, resolve_model
 from qdm_med.reports import collect_warnings
 
 logger = logging.getLogger("qdm_med")
@@ -54,6 +54,7 @@ def evaluate(
     volume_index: int | None = None,
     fill_nonfinite: float | None = None,
     command_line: str | None = None,
+    mode: str | None = None,
 ) -> dict:
     """Simulate the LR input from an HR volume or image, upscale it, and score model and bicubic.
 
@@ -62,17 +63,18 @@ def evaluate(
     ``slices`` reproduces the same slices as the whole volume). Slice indices count along the axial slice
     axis. HR in-plane sizes are cropped at the end to a multiple of ``scale``. ``preset`` None picks
     ``medical_test`` for CT and ``natural`` for images. ``output`` optionally saves the SR result (format
-    from its extension; a slice subset keeps its own geometry; DICOM derives from the HR series).
+    from its extension; a slice subset keeps its own geometry; DICOM derives from the HR series). ``mode``:
+    the bundle's operating point, as in :func:`qdm_med.jobs.upscale.upscale`.
     """
     with collect_warnings() as warnings:
         return _evaluate(hr, scale, preset, bundle, report, preview, seed, steps, sampler, threshold, device, batch_size,
                          slices, output, quiet, overwrite, preview_slice, tile_size, amp, lpips_weights, series, force,
-                         volume_index, fill_nonfinite, command_line, warnings)
+                         volume_index, fill_nonfinite, command_line, warnings, mode)
 
 
 def _evaluate(hr, scale, preset, bundle, report, preview, seed, steps, sampler, threshold, device, batch_size, slices, output,
               quiet, overwrite, preview_slice, tile_size, amp, lpips_weights, series, force, volume_index, fill_nonfinite,
-              command_line, warnings) -> dict:
+              command_line, warnings, mode=None) -> dict:
     t_start = time.perf_counter()
     scale = check_scale(scale)
     spec = detect_input(hr)
@@ -105,6 +107,7 @@ def _evaluate(hr, scale, preset, bundle, report, preview, seed, steps, sampler, 
             logger.warning("%s: the alpha channel is not evaluated (colour channels only)", spec.path)
         data = picture.data
     model = resolve_model(bundle, spec.kind, scale, dev)
+    steps, sampler, threshold = operating_point(model, mode, steps, sampler, threshold)
     apply_overrides(model, steps, sampler, threshold)
     thr = model_threshold(model, threshold)
     t_load = time.perf_counter() - t0
@@ -156,7 +159,7 @@ def _evaluate(hr, scale, preset, bundle, report, preview, seed, steps, sampler, 
 
     rep: dict[str, Any] = out_.audit_fields("evaluate", command_line, seed, batch_size if spec.kind == "volume" else None)
     rep["scale"] = scale
-    rep.update(out_.model_section(model, stats, thr, {"steps": steps, "sampler": sampler}))
+    rep.update(out_.model_section(model, stats, thr, {"steps": steps, "sampler": sampler, "mode": mode or "fidelity"}))
     rep["degradation"] = {"preset": preset, "seed": int(seed), "per_slice_seed": "seed + slice index"}
     if spec.kind == "volume":
         rep["input"] = out_.volume_summary(source, spec.path, spec.fmt, frame=frame, hu_range=True)

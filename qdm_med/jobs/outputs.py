@@ -119,6 +119,7 @@ def model_section(model, stats: dict, threshold: float, overrides: dict) -> dict
     bundle.update(bundle_identity(model.path))
     return {
         "bundle": bundle,
+        "mode": overrides.get("mode"),
         "sampler": overrides.get("sampler") or info.get("sampler"),
         "steps": overrides.get("steps") if overrides.get("steps") is not None else info.get("steps"),
         "threshold": threshold if model.name != "bicubic" else None,

@@ -16,7 +16,13 @@ from qdm_med.errors import ConfigError, QDMError
 from qdm_med.io._util import one_line as _one_line
 from qdm_med.transforms.window import DEFAULT_WINDOW
 
-__all__ = ["ResolvedModel", "default_bundle_dir", "resolve_model", "apply_overrides", "model_threshold", "bundle_identity"]
+__all__ = [
+    "ResolvedModel", "default_bundle_dir", "resolve_model", "operating_point", "apply_overrides", "model_threshold", "bundle_identity",
+]
+
+#: the operating points of a bundle: ``fidelity`` is its default ``sampling`` (the learned prior alone in the CT
+#: bundles: deterministic, best PSNR/SSIM); ``detail`` its ``detail`` section (few-step TSS: lower LPIPS)
+MODES = ("fidelity", "detail")
 
 DEFAULT_THRESHOLD = 0.15
 
@@ -86,6 +92,20 @@ def resolve_model(bundle, kind: str, scale: int, device: torch.device) -> Resolv
         )
     window = getattr(loaded, "window", None) or DEFAULT_WINDOW
     return ResolvedModel(pipeline, int(scale), (float(window[0]), float(window[1])), name, path, config)
+
+
+def operating_point(model: ResolvedModel, mode: str | None, steps, sampler, threshold) -> tuple:
+    """(steps, sampler, threshold) of ``mode`` (see :data:`MODES`; None: fidelity); explicit options win."""
+    if mode is None or mode == "fidelity":
+        return steps, sampler, threshold
+    if mode not in MODES:
+        raise ConfigError(f"mode {mode!r}: use {' or '.join(MODES)}")
+    detail = model.config.get("detail")
+    if model.name == "bicubic" or not isinstance(detail, dict):
+        raise ConfigError(f"{model.path or model.name}: has no detail operating point (a 'detail' section in configs/inference.json); "
+                          "choose --steps/--sampler instead")
+    return (steps if steps is not None else detail.get("steps"), sampler or detail.get("sampler"),
+            threshold if threshold is not None else detail.get("threshold"))
 
 
 def apply_overrides(model: ResolvedModel, steps, sampler, threshold) -> None:

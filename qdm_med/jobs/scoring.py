@@ -4,7 +4,9 @@
 CT volumes are scored per axial slice in two ranges:
 
 - ``window``: both images clipped to the model window (default [-1024, 2048] HU), data range = its width;
-- ``full``: both clipped to the full 12-bit CT range [-1024, 3071] HU, data range 4095.
+- ``full``: both clipped to the full 12-bit CT range [-1024, 3071] HU, data range 4095;
+- ``soft``: both clipped to the soft-tissue window W 400 / L 40 ([-160, 240] HU), where a reader sees
+  soft-tissue texture (it spans 13 % of the model window); ``lpips_soft`` is LPIPS there.
 
 PSNR and SSIM come from :mod:`qdm_med.metrics` (scikit-image). LPIPS uses the offline AlexNet LPIPS
 (:func:`qdm_med.metrics.lpips_offline.load_lpips`) on the window-mapped slice in [-1, 1] replicated to
@@ -26,7 +28,9 @@ import torch
 from qdm_med.data.corpus import default_lpips_path
 from qdm_med.transforms.window import FULL_HU_RANGE
 
-__all__ = ["FULL_HU_RANGE", "UNAVAILABLE", "load_lpips_or_none", "SliceScorer", "summarize", "volume_psnr"]
+SOFT_TISSUE = (-160.0, 240.0)  # W 400 / L 40
+
+__all__ = ["FULL_HU_RANGE", "SOFT_TISSUE", "UNAVAILABLE", "load_lpips_or_none", "SliceScorer", "summarize", "volume_psnr"]
 
 #: Value written where LPIPS cannot be computed (weights not fetched): never a made-up number.
 UNAVAILABLE = "unavailable"
@@ -85,14 +89,14 @@ class SliceScorer:
         from qdm_med.metrics import psnr, ssim
 
         out: dict[str, Any] = {}
-        for name, (lo, hi) in (("window", self.window), ("full", FULL_HU_RANGE)):
+        for name, (lo, hi) in (("window", self.window), ("full", FULL_HU_RANGE), ("soft", SOFT_TISSUE)):
             p = np.clip(pred_hu, lo, hi).astype(np.float64)
             r = np.clip(ref_hu, lo, hi).astype(np.float64)
             out[f"psnr_{name}"] = _finite(float(psnr(p, r, data_range=hi - lo)))
             out[f"ssim_{name}"] = float(ssim(p, r, data_range=hi - lo))
-        lo, hi = self.window
-        to_unit = lambda a: (np.clip(a, lo, hi) - lo) / (hi - lo) * 2.0 - 1.0  # noqa: E731
-        out["lpips"] = self._lpips(to_unit(pred_hu)[None], to_unit(ref_hu)[None])
+        for key, (lo, hi) in (("lpips", self.window), ("lpips_soft", SOFT_TISSUE)):
+            p, r = ((np.clip(a, lo, hi) - lo) / (hi - lo) * 2.0 - 1.0 for a in (pred_hu, ref_hu))
+            out[key] = self._lpips(p[None], r[None])
         return out
 
     def score_ct_volume(self, pred_hu: np.ndarray, ref_hu: np.ndarray, slices: Sequence[int] | None = None):

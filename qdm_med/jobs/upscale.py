@@ -42,7 +42,7 @@ from qdm_med.jobs.inputs import (
     load_volume_input,
     plan_output,
 )
-from qdm_med.jobs.resolve import apply_overrides, model_threshold, resolve_model
+from qdm_med.jobs.resolve import apply_overrides, model_threshold, operating_point, resolve_model
 from qdm_med.reports import collect_warnings
 
 logger = logging.getLogger("qdm_med")
@@ -76,6 +76,7 @@ def upscale(
     volume_index: int | None = None,
     fill_nonfinite: float | None = None,
     command_line: str | None = None,
+    mode: str | None = None,
 ) -> dict:
     """Upscale a CT volume (NIfTI, NRRD/MHA, DICOM folder) or an image (PNG/JPEG/TIFF) by ``scale``.
 
@@ -83,18 +84,19 @@ def upscale(
     the error handling; ``ref`` (an HR volume/image aligned with the output) adds metrics for the model
     and for bicubic. ``series``/``force``/``volume_index`` pick what a DICOM folder or 4D file holds;
     ``fill_nonfinite`` replaces NaN/inf voxels (refused otherwise). ``seed`` gives every slice its own
-    random stream, so ``batch_size`` never changes the output.
+    random stream, so ``batch_size`` never changes the output. ``mode`` picks the bundle's operating point
+    (``fidelity``, the default sampling, or ``detail``); explicit ``steps``/``sampler``/``threshold`` win.
     """
     with collect_warnings() as warnings:
         rep = _upscale(input, output, scale, bundle, fmt, steps, sampler, threshold, device, batch_size, seed, ref, report,
                        preview, quiet, overwrite, preview_slice, tile_size, amp, lpips_weights, series, force,
-                       volume_index, fill_nonfinite, command_line, warnings)
+                       volume_index, fill_nonfinite, command_line, warnings, mode)
     return rep
 
 
 def _upscale(input, output, scale, bundle, fmt, steps, sampler, threshold, device, batch_size, seed, ref, report, preview,
              quiet, overwrite, preview_slice, tile_size, amp, lpips_weights, series, force, volume_index, fill_nonfinite,
-             command_line, warnings) -> dict:
+             command_line, warnings, mode=None) -> dict:
     t_start = time.perf_counter()
     scale = check_scale(scale)
     spec = detect_input(input)
@@ -122,6 +124,7 @@ def _upscale(input, output, scale, bundle, fmt, steps, sampler, threshold, devic
         raise InputError(f"{ref_spec.path}: reference is an {ref_spec.kind}, the input is an {spec.kind}")
     reference = load_reference(ref_spec, fill_nonfinite) if ref_spec is not None else None
     model = resolve_model(bundle, spec.kind, scale, dev)
+    steps, sampler, threshold = operating_point(model, mode, steps, sampler, threshold)
     apply_overrides(model, steps, sampler, threshold)
     thr = model_threshold(model, threshold)
     t_load = time.perf_counter() - t0
@@ -144,7 +147,7 @@ def _upscale(input, output, scale, bundle, fmt, steps, sampler, threshold, devic
 
     rep: dict[str, Any] = out_.audit_fields("upscale", command_line, seed, batch_size if spec.kind == "volume" else None)
     rep["scale"] = scale
-    rep.update(out_.model_section(model, stats, thr, {"steps": steps, "sampler": sampler}))
+    rep.update(out_.model_section(model, stats, thr, {"steps": steps, "sampler": sampler, "mode": mode or "fidelity"}))
     if spec.kind == "volume":
         rep["input"] = out_.volume_summary(source, spec.path, spec.fmt, frame=frame, hu_range=True)
         rep["output"] = out_.volume_summary(final, out_path, out_fmt, hu_range=True)

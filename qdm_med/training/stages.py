@@ -12,6 +12,8 @@ Optional terms (``train`` settings, all 0 by default):
   weights and optimizer are part of the checkpoint, so resume stays exact).
 - QDM ``lpips_weight``: the LPIPS fine-tune term ``l3 * LPIPS(decode(down), HR)``; with ``init_from``
   (a QDM bundle's ``models/model.pt``) it fine-tunes a trained model instead of starting from scratch.
+  ``lpips_windows``: the HU windows LPIPS looks through (mean over them; default the model window). CT's
+  soft-tissue contrast spans ~13 % of the 3072-HU model window, so LPIPS there barely sees its texture.
 - QDM ``t_final_prob``: probability that a sample trains at the prior's step t = T - 1 instead of a
   uniform step. The one-step sampler predicts x0 only there, while uniform steps spend 14 of 15 samples
   on steps where ``x_t`` already holds most of x0 (and the downstream stream learns to copy it).
@@ -46,6 +48,28 @@ def _lpips_module(settings: dict):
     if module is None:
         raise ConfigError(f"{path}: no LPIPS weights for the perceptual term; run `qdm-med data fetch` or set the weight to 0")
     return module
+
+
+def window_view(x: torch.Tensor, model_window, view) -> torch.Tensor:
+    """Images in [-1, 1] over the HU ``model_window`` -> the same images seen through the HU window ``view``
+    (clamped, in [-1, 1]); differentiable inside the view."""
+    lo, hi = (float(v) for v in model_window)
+    vlo, vhi = (float(v) for v in view)
+    hu = lo + (x + 1.0) * (0.5 * (hi - lo))
+    return ((hu - vlo) / (vhi - vlo)).clamp(0.0, 1.0) * 2.0 - 1.0
+
+
+def _lpips_windows(settings: dict) -> list[tuple[float, float]] | None:
+    """``train.lpips_windows`` as HU pairs (None: the model window itself)."""
+    views = settings["train"].get("lpips_windows")
+    if not views:
+        return None
+    out = []
+    for v in views:
+        if len(v) != 2 or not float(v[0]) < float(v[1]):
+            raise ConfigError(f"train.lpips_windows {views}: each window is [low, high] HU with low < high")
+        out.append((float(v[0]), float(v[1])))
+    return out
 
 
 def _lpips_loss(module, pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -205,6 +229,7 @@ class QDMStage:
         if not 0.0 <= self.t_final_prob <= 1.0:
             raise ConfigError(f"train.t_final_prob {self.t_final_prob}: must be in [0, 1]")
         self.lpips = _lpips_module(settings) if self.lpips_weight > 0 else None
+        self.lpips_windows = _lpips_windows(settings)
         if t.get("init_from"):
             self._init_from(self._resolve_init_from(t["init_from"], settings["bundle_dir"]))
 
@@ -280,9 +305,17 @@ class QDMStage:
         out = self.diffusion.training_loss(model, x0, y, cond, mask, t, noise=noise, l1=self.l1, l2=self.l2, model_kwargs=kwargs or None)
         loss, logs = out["loss"], {"mse_down": float(out["mse_down"]), "mse_up": float(out["mse_up"])}
         if self.lpips is not None:  # fine-tune term on the decoded downstream prediction
-            p = _lpips_loss(self.lpips, self.first_stage.decode(out["down"]).clamp(-1, 1), hr)
+            p = self._lpips_term(self.first_stage.decode(out["down"]).clamp(-1, 1), hr)
             loss, logs["lpips"] = loss + self.lpips_weight * p, float(p.detach())
         return loss, logs
+
+    def _lpips_term(self, pred: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        """LPIPS of (B, C, H, W) predictions against the HR, averaged over ``lpips_windows``."""
+        if self.lpips_windows is None:
+            return _lpips_loss(self.lpips, pred, hr)
+        window = self.settings["window"]
+        terms = [_lpips_loss(self.lpips, window_view(pred, window, v), window_view(hr, window, v)) for v in self.lpips_windows]
+        return torch.stack(terms).mean()
 
     def _token_masks(self, lr: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """(B, h/2, w/2) token masks, sample i at a threshold drawn from ``token_mask_thresholds``."""

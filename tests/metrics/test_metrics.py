@@ -126,3 +126,19 @@ def test_converted_lpips_behaves(jax_ckpt, tmp_path):
         d = [float(model(img, (img + s * torch.randn(img.shape, generator=g)).clamp(-1, 1))) for s in (0.05, 0.2, 0.5)]
     assert d0 == pytest.approx(0.0, abs=1e-6)
     assert d[0] < d[1] < d[2] and d[2] > 0.2
+
+
+def test_slice_scorer_soft_tissue_window_in_closed_form():
+    """A 40 HU offset inside every range: PSNR = 20 log10(width / 40) in the model window, the full range and the
+    soft-tissue window (W 400: 20 dB); LPIPS entries stay "unavailable" without weights."""
+    from qdm_med.jobs.scoring import SOFT_TISSUE, SliceScorer
+
+    rng = np.random.RandomState(0)
+    ref = rng.uniform(-100.0, 150.0, (32, 32))
+    out = SliceScorer((-1024.0, 2048.0)).score_ct_slice(ref + 40.0, ref)
+    assert SOFT_TISSUE == (-160.0, 240.0)
+    assert out["psnr_soft"] == pytest.approx(20.0, abs=1e-9)
+    assert out["psnr_window"] == pytest.approx(20 * math.log10(3072 / 40), abs=1e-9)
+    assert out["psnr_full"] == pytest.approx(20 * math.log10(4095 / 40), abs=1e-9)
+    assert out["ssim_soft"] < out["ssim_window"] < 1.0
+    assert out["lpips"] == out["lpips_soft"] == "unavailable"

@@ -493,3 +493,40 @@ def test_ddp_checkpoint_keeps_every_ranks_rng_state(tmp_path):
         assert torch.equal(resumed, torch.load(tmp_path / f"next{rank}.pt"))
     assert rank_rng_state(saved, 2) is None  # a larger world: that rank starts a fresh stream
     assert rank_rng_state(saved[0], 0) is saved[0]  # single-process checkpoints hold one dict
+
+
+def test_window_view_maps_hu_windows_in_closed_form():
+    from qdm_med.training.stages import window_view
+
+    model = (-1024.0, 2048.0)
+    hu = torch.tensor([-1024.0, -160.0, 40.0, 240.0, 2048.0])
+    x = (hu - model[0]) / (model[1] - model[0]) * 2 - 1
+    view = window_view(x, model, (-160.0, 240.0))
+    assert torch.allclose(view, torch.tensor([-1.0, -1.0, 0.0, 1.0, 1.0]), atol=1e-5)
+    assert torch.allclose(window_view(x, model, model), x, atol=1e-6)
+
+
+def test_lpips_windows_average_the_term_over_views_and_reject_bad_windows(tmp_path):
+    from qdm_med.bundle import bundle_settings
+    from qdm_med.training.stages import QDMStage, window_view
+
+    class AbsDiff(torch.nn.Module):  # stands in for LPIPS: a per-image mean absolute difference
+        def forward(self, a, b):
+            return (a - b).abs().mean(dim=(1, 2, 3))
+
+    views = [[-1024, 2048], [-160, 240]]
+    lp = tmp_path / "alex.pt"
+    from qdm_med.metrics.lpips_offline import build_lpips
+
+    torch.save(build_lpips().state_dict(), lp)
+    bundle = tiny_bundle(tmp_path, "qdm_ct_x8", {"train": {"lpips_weight": 1.0, "lpips_path": str(lp), "lpips_windows": views}})
+    stage = QDMStage(bundle_settings(bundle, "train"))
+    stage.lpips = AbsDiff()
+    pred, hr = torch.rand(2, 1, 16, 16) * 2 - 1, torch.rand(2, 1, 16, 16) * 2 - 1
+    window = stage.settings["window"]
+    expected = sum((window_view(pred, window, v) - window_view(hr, window, v)).abs().mean() for v in views) / 2
+    assert torch.allclose(stage._lpips_term(pred, hr), expected)
+    bad_train = {"lpips_weight": 1.0, "lpips_path": str(lp), "lpips_windows": [[240, -160]]}
+    bad = tiny_bundle(tmp_path / "bad", "qdm_ct_x8", {"train": bad_train})
+    with pytest.raises(ConfigError, match="lpips_windows"):
+        QDMStage(bundle_settings(bad, "train"))

@@ -58,6 +58,8 @@ def tiny_bundle(dest: Path, name: str, extra: dict | None = None, recipe: bool =
     inf = json.loads((out / "configs" / "inference.json").read_text())
     if "sampling" in inf:
         inf["sampling"] = TINY["sampling"]
+    if not json.loads((out / "configs" / "train.json").read_text()).get("prior"):
+        inf.pop("diffusion", None)  # the shipped bundles run from their prior; without one, run as train.json trains
     (out / "configs" / "inference.json").write_text(json.dumps(inf, indent=2))
     return out
 

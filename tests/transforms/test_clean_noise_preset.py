@@ -26,3 +26,18 @@ def test_clean_noise_is_the_clean_resampler_plus_seeded_white_noise():
         assert torch.equal(noisy(hr), a)
         sigmas.append(params["noise_sigma"])
     assert len(set(sigmas)) == len(sigmas)
+
+
+def test_bicubic_noise_is_antialiased_bicubic_plus_seeded_white_noise():
+    from qdm_med.transforms.resample import bicubic_downsample
+
+    hr = torch.rand(1, 64, 64)
+    pipe = DegradationPipeline("bicubic_noise", 4)
+    clean = bicubic_downsample(hr[None], 4)[0].clamp(0, 1)
+    for seed in range(4):
+        pipe.set_random_state(seed=seed)
+        a = pipe(hr)
+        params = pipe.last_params[0]
+        assert params["mode"] == "bicubic_aa" and CLEAN_NOISE_RANGE[0] <= params["noise_sigma"] <= CLEAN_NOISE_RANGE[1]
+        resid = (a - clean)[(clean > 0.05) & (clean < 0.95)]
+        assert abs(float(resid.std()) - params["noise_sigma"]) < 0.25 * params["noise_sigma"] + 2e-3
