@@ -27,8 +27,8 @@ from urllib.parse import parse_qsl
 import numpy as np
 import torch
 
-SOFT_TISSUE = (-160.0, 240.0)  # W 400 / L 40
-FULL = (-1024.0, 3071.0)
+from qdm_med.jobs.scoring import SOFT_TISSUE  # W 400 / L 40
+from qdm_med.transforms.window import FULL_HU_RANGE as FULL
 
 
 def make_lr(slice_hu: np.ndarray, scale: int, kind: str, noise_hu: float, seed: int) -> np.ndarray:

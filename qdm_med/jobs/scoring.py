@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from qdm_med.data.corpus import default_lpips_path
-from qdm_med.transforms.window import FULL_HU_RANGE
+from qdm_med.transforms.window import FULL_HU_RANGE, HUWindow
 
 SOFT_TISSUE = (-160.0, 240.0)  # W 400 / L 40
 
@@ -94,9 +94,9 @@ class SliceScorer:
             r = np.clip(ref_hu, lo, hi).astype(np.float64)
             out[f"psnr_{name}"] = _finite(float(psnr(p, r, data_range=hi - lo)))
             out[f"ssim_{name}"] = float(ssim(p, r, data_range=hi - lo))
-        for key, (lo, hi) in (("lpips", self.window), ("lpips_soft", SOFT_TISSUE)):
-            p, r = ((np.clip(a, lo, hi) - lo) / (hi - lo) * 2.0 - 1.0 for a in (pred_hu, ref_hu))
-            out[key] = self._lpips(p[None], r[None])
+        for key, window in (("lpips", self.window), ("lpips_soft", SOFT_TISSUE)):
+            to_unit = HUWindow(*window)
+            out[key] = self._lpips(to_unit(pred_hu)[None], to_unit(ref_hu)[None])
         return out
 
     def score_ct_volume(self, pred_hu: np.ndarray, ref_hu: np.ndarray, slices: Sequence[int] | None = None):

@@ -53,10 +53,9 @@ def _lpips_module(settings: dict):
 def window_view(x: torch.Tensor, model_window, view) -> torch.Tensor:
     """Images in [-1, 1] over the HU ``model_window`` -> the same images seen through the HU window ``view``
     (clamped, in [-1, 1]); differentiable inside the view."""
-    lo, hi = (float(v) for v in model_window)
-    vlo, vhi = (float(v) for v in view)
-    hu = lo + (x + 1.0) * (0.5 * (hi - lo))
-    return ((hu - vlo) / (vhi - vlo)).clamp(0.0, 1.0) * 2.0 - 1.0
+    from qdm_med.transforms.window import HUWindow, InverseHUWindow
+
+    return HUWindow(*view)(InverseHUWindow(*model_window)(x))
 
 
 def _lpips_windows(settings: dict) -> list[tuple[float, float]] | None:

@@ -139,7 +139,7 @@ class DegradationPipeline(Randomizable, Transform):
         h, w = x.shape[-2:]
         if h % self.scale or w % self.scale:
             raise ConfigError(f"image size {h}x{w} is not divisible by the scale {self.scale}")
-        if self.preset in ("clean", "clean_noise", "bicubic_noise") or self.preset in EXTERNAL_KINDS:  # one resampler does the whole job
+        if self.params is None and self.stages:  # clean, clean_noise, bicubic_noise, external: one resampler does the whole job
             x = self.stages[0](x, randomize=randomize).clamp(0, 1).contiguous()
             self.last_params = [dict(self.stages[0].params)]
             return x
