@@ -12,8 +12,12 @@ PSNR/SSIM over [-1024, 3071] HU, PSNR/SSIM in a soft-tissue window (W 400 / L 40
 
 Methods: ``bicubic``; ``prior=CONFIG@WEIGHTS`` (a prior-stage config and its weights, e.g. a run's
 ``models/model.pt``); ``bundle=DIR[?key=value&...]`` (a QDM bundle with sampling overrides: ``sampler``,
-``steps``, ``threshold``, ``stochastic``). ``label:`` before a method names its row. Prints a Markdown table
-(mean over slices; gain over bicubic on average and for the worst slice) and writes it with the raw scores.
+``steps``, ``threshold``, ``stochastic`` and the sampler's own parameters, e.g.
+``n_range=1,2&a_range=0.3,0.5``). ``label:`` before a method names its row. Prints a Markdown table (mean
+over slices; gain over bicubic on average and for the worst slice) and writes it with the raw scores.
+
+LR kinds (``--lr-kinds``): ``pil_bicubic``, ``skimage_resize`` and, as a robustness check outside the
+protocol, ``medical_test`` (the project's own blur/noise/JPEG test degradation); ``_noise`` adds white noise.
 """
 
 from __future__ import annotations
@@ -42,8 +46,14 @@ def make_lr(slice_hu: np.ndarray, scale: int, kind: str, noise_hu: float, seed: 
         lr = np.asarray(Image.fromarray(slice_hu.astype(np.float32), mode="F").resize((w, h), Image.BICUBIC), dtype=np.float64)
     elif base == "skimage_resize":
         lr = resize(slice_hu.astype(np.float64), (h, w), order=3, anti_aliasing=True, preserve_range=True)
+    elif base == "medical_test":  # our own blur/noise/JPEG test degradation: a robustness check, not the protocol
+        from qdm_med.data.simulate import _degrade_slices
+
+        lo, hi = FULL
+        unit = ((np.clip(slice_hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)[None, None]
+        lr = _degrade_slices(unit, scale, "medical_test", seed)[0, 0].astype(np.float64) * (hi - lo) + lo
     else:
-        raise ValueError(f"LR kind {kind!r}")
+        raise ValueError(f"LR kind {kind!r}: use pil_bicubic, skimage_resize or medical_test (+ _noise)")
     if kind.endswith("_noise"):
         lr = lr + np.random.RandomState(seed).normal(0.0, noise_hu, lr.shape)
     return np.clip(lr, FULL[0], FULL[1]).astype(np.float32)
@@ -74,13 +84,24 @@ def build_method(spec: str, scale: int):
         loaded = load_bundle(path)
         opts = dict(parse_qsl(query))
         sr = loaded.pipeline
-        sr.configure(steps=int(opts["steps"]) if "steps" in opts else None, sampler=opts.get("sampler"),
-                     threshold=float(opts["threshold"]) if "threshold" in opts else None)
+        sr.configure(steps=int(opts.pop("steps")) if "steps" in opts else None, sampler=opts.pop("sampler", None),
+                     threshold=float(opts.pop("threshold")) if "threshold" in opts else None)
         if "stochastic" in opts:
-            sr.stochastic = opts["stochastic"].lower() in ("1", "true", "yes")
+            sr.stochastic = opts.pop("stochastic").lower() in ("1", "true", "yes")
+        if opts:  # the rest are the sampler's own parameters, e.g. n_range=1,2&a_range=0.3,0.5
+            sr.sampler_params = {k: _sampler_value(v) for k, v in opts.items()}
         sr.size_multiple = sr.lr_multiple
         return label or f"{Path(path).name} {query or 'default'}", sr, loaded.window
     raise ValueError(f"method {spec!r}: use bicubic, prior=CONFIG@WEIGHTS or bundle=DIR[?k=v&...]")
+
+
+def _sampler_value(text: str):
+    """A sampler parameter from a query value: "1,2" -> [1.0, 2.0], "6" -> 6.0, else the text."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        return text
+    return values if "," in text else values[0]
 
 
 def scores(pred: np.ndarray, ref: np.ndarray, lpips) -> dict:

@@ -114,6 +114,7 @@ def prepare_context(bundle_dir, data_dir=None, device: str | torch.device = "cpu
     from the corpus; pick ``n_slices`` evenly spaced slices (from the central 80% of the volume, away from
     the scan's empty ends)."""
     from qdm_med.bundle.loader import load_bundle
+    from qdm_med.bundle.settings import detail_sampling
     from qdm_med.data.corpus import corpus_paths
     from qdm_med.data.simulate import degrade_volume
     from qdm_med.io import load_volume
@@ -144,9 +145,9 @@ def prepare_context(bundle_dir, data_dir=None, device: str | torch.device = "cpu
     p = bundle.pipeline
     defaults = {"sampler": p.sampler, "steps": p.steps, "threshold": p.threshold}
     if p.steps == 0:  # the default is the prior alone (fidelity): the suites measure the diffusion's operating point
-        detail = bundle.config.get("detail") or {}
-        defaults = {"sampler": detail.get("sampler", p.sampler), "steps": int(detail.get("steps", 1)),
-                    "threshold": float(detail.get("threshold", p.threshold))}
+        detail = detail_sampling(bundle.config) or {}  # without a detail mode: one step at the bundle's threshold
+        defaults = {"sampler": detail.get("sampler") or p.sampler, "steps": int(detail.get("steps") or 1),
+                    "threshold": float(detail["threshold"] if detail.get("threshold") is not None else p.threshold)}
     return BenchContext(
         bundle=bundle, hr_hu=to_rows(hr_arr), lr_hu=to_rows(lr.array), lr_volume=lr, patient=patient, slices=ks,
         device=device, repeats=int(repeats), seed=int(seed), lpips=load_lpips_or_none(lpips_weights, device),

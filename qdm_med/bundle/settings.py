@@ -14,7 +14,7 @@ from pathlib import Path
 from qdm_med.errors import ConfigError
 from qdm_med.transforms.window import DEFAULT_WINDOW
 
-__all__ = ["DEFAULTS", "SAMPLING_KEYS", "read_json", "bundle_settings", "diffusion_start"]
+__all__ = ["DEFAULTS", "SAMPLING_KEYS", "read_json", "bundle_settings", "diffusion_start", "detail_sampling"]
 
 DEFAULTS = {
     "seed": 0,
@@ -80,3 +80,12 @@ def diffusion_start(settings: dict) -> str:
     if start == "prior" and (settings.get("prior") or {"kind": "bicubic"}).get("kind", "cnn") != "cnn":
         raise ConfigError(f"{settings.get('name', 'bundle')}: diffusion.start 'prior' needs a 'prior' section of kind cnn")
     return start
+
+
+def detail_sampling(config: dict) -> dict | None:
+    """The bundle's detail operating point: ``{"sampler", "steps", "threshold"}`` from the ``detail`` section of
+    ``configs/inference.json`` (keys it leaves out are None), or None when the bundle has no such section."""
+    detail = config.get("detail")
+    if not isinstance(detail, dict):
+        return None
+    return {key: detail.get(key) for key in ("sampler", "steps", "threshold")}

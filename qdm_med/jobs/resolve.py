@@ -100,12 +100,14 @@ def operating_point(model: ResolvedModel, mode: str | None, steps, sampler, thre
         return steps, sampler, threshold
     if mode not in MODES:
         raise ConfigError(f"mode {mode!r}: use {' or '.join(MODES)}")
-    detail = model.config.get("detail")
-    if model.name == "bicubic" or not isinstance(detail, dict):
+    from qdm_med.bundle.settings import detail_sampling
+
+    detail = detail_sampling(model.config)
+    if model.name == "bicubic" or detail is None:
         raise ConfigError(f"{model.path or model.name}: has no detail operating point (a 'detail' section in configs/inference.json); "
                           "choose --steps/--sampler instead")
-    return (steps if steps is not None else detail.get("steps"), sampler or detail.get("sampler"),
-            threshold if threshold is not None else detail.get("threshold"))
+    return (steps if steps is not None else detail["steps"], sampler or detail["sampler"],
+            threshold if threshold is not None else detail["threshold"])
 
 
 def apply_overrides(model: ResolvedModel, steps, sampler, threshold) -> None:

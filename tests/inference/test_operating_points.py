@@ -36,3 +36,12 @@ def test_bad_modes_are_one_line_config_errors(model, mode, message):
     with pytest.raises(ConfigError, match=message) as err:
         operating_point(model, mode, None, None, None)
     assert "\n" not in str(err.value)
+
+
+def test_detail_sampling_reads_the_section_and_fills_what_it_leaves_out():
+    from qdm_med.bundle.settings import detail_sampling
+
+    assert detail_sampling({"detail": DETAIL}) == DETAIL
+    assert detail_sampling({"detail": {"steps": 4}}) == {"sampler": None, "steps": 4, "threshold": None}
+    assert detail_sampling({"sampling": {"steps": 1}}) is None
+    assert detail_sampling({"detail": "tss"}) is None

@@ -1,0 +1,51 @@
+"""``scripts/region_eval.py``: the LR kinds of the held-out-region protocol and its method queries."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "region_eval.py"
+
+
+@pytest.fixture(scope="module")
+def region_eval():
+    spec = importlib.util.spec_from_file_location("region_eval", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _slice() -> np.ndarray:
+    y, x = np.mgrid[0:64, 0:64]
+    return np.where((x - 32) ** 2 + (y - 32) ** 2 < 400, 40.0, -1000.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["pil_bicubic", "skimage_resize", "medical_test", "pil_bicubic_noise"])
+def test_lr_kinds_downscale_in_hu_and_are_seeded(region_eval, kind):
+    hu = _slice()
+    lr = region_eval.make_lr(hu, 4, kind, 12.0, seed=3)
+    assert lr.shape == (16, 16) and lr.dtype == np.float32
+    # the disc's centre keeps its HU (up to noise / blur), the corner stays air
+    assert abs(float(lr[8, 8]) - 40.0) < 60.0 and float(lr[0, 0]) < -900.0
+    np.testing.assert_array_equal(lr, region_eval.make_lr(hu, 4, kind, 12.0, seed=3))
+
+
+def test_noise_kinds_add_noise_of_the_requested_level(region_eval):
+    flat = np.zeros((256, 256), np.float32)
+    noisy = region_eval.make_lr(flat, 4, "skimage_resize_noise", 12.0, seed=0)
+    assert 10.0 < float(noisy.std()) < 14.0
+
+
+def test_unknown_lr_kind_names_the_accepted_ones(region_eval):
+    with pytest.raises(ValueError, match="use pil_bicubic, skimage_resize or medical_test"):
+        region_eval.make_lr(_slice(), 4, "opencv_area", 12.0, seed=0)
+
+
+def test_sampler_parameters_in_a_method_query(region_eval):
+    assert region_eval._sampler_value("1,2") == [1.0, 2.0]
+    assert region_eval._sampler_value("6") == 6.0
+    assert region_eval._sampler_value("polynomial") == "polynomial"
