@@ -47,11 +47,11 @@ def make_lr(slice_hu: np.ndarray, scale: int, kind: str, noise_hu: float, seed: 
     elif base == "skimage_resize":
         lr = resize(slice_hu.astype(np.float64), (h, w), order=3, anti_aliasing=True, preserve_range=True)
     elif base == "medical_test":  # our own blur/noise/JPEG test degradation: a robustness check, not the protocol
-        from qdm_med.data.simulate import _degrade_slices
+        from qdm_med.data.simulate import degrade_image
 
-        lo, hi = FULL
-        unit = ((np.clip(slice_hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)[None, None]
-        lr = _degrade_slices(unit, scale, "medical_test", seed)[0, 0].astype(np.float64) * (hi - lo) + lo
+        lo, hi = FULL  # the HU range degrade_volume maps to [0, 1]
+        unit = (np.clip(slice_hu, lo, hi) - lo) / (hi - lo)
+        lr = degrade_image(unit[None], scale, "medical_test", seed)[0].astype(np.float64) * (hi - lo) + lo
     else:
         raise ValueError(f"LR kind {kind!r}: use pil_bicubic, skimage_resize or medical_test (+ _noise)")
     if kind.endswith("_noise"):
@@ -113,10 +113,10 @@ def scores(pred: np.ndarray, ref: np.ndarray, lpips) -> dict:
         out[f"psnr_{name}"] = float(psnr(p, r, data_range=hi - lo))
         out[f"ssim_{name}"] = float(ssim(p, r, data_range=hi - lo))
     if lpips is not None:
-        lo, hi = SOFT_TISSUE
+        from qdm_med.transforms.window import HUWindow
 
         def unit(a):
-            return torch.from_numpy(((np.clip(a, lo, hi) - lo) / (hi - lo) * 2 - 1).astype(np.float32))[None, None].expand(-1, 3, -1, -1)
+            return torch.from_numpy(HUWindow(*SOFT_TISSUE)(a))[None, None].expand(-1, 3, -1, -1)
 
         with torch.inference_mode():
             out["lpips_soft"] = float(lpips(unit(pred), unit(ref)).mean())

@@ -144,10 +144,9 @@ def prepare_context(bundle_dir, data_dir=None, device: str | torch.device = "cpu
     to_rows = lambda a: np.ascontiguousarray(np.transpose(a[:, :, ks], (2, 1, 0)), dtype=np.float32)  # noqa: E731  (N, Y, X)
     p = bundle.pipeline
     defaults = {"sampler": p.sampler, "steps": p.steps, "threshold": p.threshold}
-    if p.steps == 0:  # the default is the prior alone (fidelity): the suites measure the diffusion's operating point
-        detail = detail_sampling(bundle.config) or {}  # without a detail mode: one step at the bundle's threshold
-        defaults = {"sampler": detail.get("sampler") or p.sampler, "steps": int(detail.get("steps") or 1),
-                    "threshold": float(detail["threshold"] if detail.get("threshold") is not None else p.threshold)}
+    if p.steps == 0:  # the default is the prior alone (fidelity): the suites measure the diffusion's operating point,
+        detail = detail_sampling(bundle.config) or {}  # the detail mode's, else one step at the bundle's threshold
+        defaults = {k: detail[k] if detail.get(k) is not None else v for k, v in {**defaults, "steps": 1}.items()}
     return BenchContext(
         bundle=bundle, hr_hu=to_rows(hr_arr), lr_hu=to_rows(lr.array), lr_volume=lr, patient=patient, slices=ks,
         device=device, repeats=int(repeats), seed=int(seed), lpips=load_lpips_or_none(lpips_weights, device),
