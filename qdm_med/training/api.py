@@ -22,13 +22,24 @@ def default_output(bundle_dir: Path, config: str = "train") -> Path:
 
 
 def recipe_of(bundle) -> list[str]:
-    """The training configs a bundle runs in order (``recipe`` in ``configs/train.json``; ``["train"]`` without)."""
-    recipe = read_json(Path(bundle) / "configs" / "train.json").get("recipe") or ["train"]
-    if not isinstance(recipe, list) or not recipe or not all(isinstance(c, str) for c in recipe) or recipe[-1] != "train":
-        raise ConfigError(f"{bundle}: train.json 'recipe' must list the stage configs in order, ending with 'train' (got {recipe!r})")
+    """The training configs a bundle runs in order (``recipe`` in ``configs/train.json``; ``["train"]`` without).
+
+    Each config appears once, ``train`` among them, and the last one trains the bundle's network (the
+    stage and ``model`` section of ``train.json``): its run holds the weights the bundle ships. Stages after
+    ``train`` are fine-tunes of it (e.g. ``train_detail``)."""
+    bundle = Path(bundle)
+    train = read_json(bundle / "configs" / "train.json")
+    recipe = train.get("recipe") or ["train"]
+    valid = isinstance(recipe, list) and all(isinstance(c, str) for c in recipe) and len(set(recipe)) == len(recipe)
+    if not valid or "train" not in recipe:
+        raise ConfigError(f"{bundle}: train.json 'recipe' must list the stage configs in order, each once, 'train' among them "
+                          f"(got {recipe!r})")
     for name in recipe:
-        if not (Path(bundle) / "configs" / f"{name}.json").is_file():
+        if not (bundle / "configs" / f"{name}.json").is_file():
             raise ConfigError(f"{bundle}: recipe stage {name!r} has no configs/{name}.json")
+    last = read_json(bundle / "configs" / f"{recipe[-1]}.json")
+    if (last.get("stage"), last.get("model")) != (train.get("stage"), train.get("model")):
+        raise ConfigError(f"{bundle}: the recipe's last stage {recipe[-1]!r} must train train.json's network (same 'stage' and 'model')")
     return recipe
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from training_doubles import tiny_bundle
+from training_doubles import REPO, tiny_bundle
 
 from qdm_med.bundle import bundle_settings
 from qdm_med.errors import ConfigError
@@ -165,8 +165,31 @@ def test_recipe_output_folder_holds_the_stages_and_links_them(tmp_path, ct_folde
     shipped = torch.load(tmp_path / "out" / "qdm_ct_x4" / "models" / "model.pt", weights_only=True)
     assert all(torch.equal(shipped["prior." + k], v) for k, v in prior.items())
     cfg = json.loads((bundle / "configs" / "train.json").read_text())
-    for bad in (["train", "train_prior"], ["train_nope", "train"]):
+    for bad in (["train", "train_prior"], ["train_nope", "train"], ["train_prior"], ["train_prior", "train", "train"]):
         cfg["recipe"] = bad
         (bundle / "configs" / "train.json").write_text(json.dumps(cfg))
         with pytest.raises(ConfigError, match="recipe"):
             recipe_of(bundle)
+
+
+def test_shipped_recipes_are_valid_and_x8s_runs_stage_by_stage(tmp_path, ct_folder):
+    """The shipped recipes as ``qdm-med train BUNDLE`` reads them; x8's four stages (prior, window-level base,
+    token-sparse fine-tune, LPIPS detail fine-tune) on a tiny copy, each stage starting from the one before."""
+    from qdm_med.bundle import build_network
+    from qdm_med.metrics.lpips_offline import build_lpips
+    from qdm_med.training.api import recipe_of, train_recipe
+
+    recipes = {name: recipe_of(REPO / "bundles" / name) for name in ("qdm_ct_x4", "qdm_ct_x8", "qdm_natural_x4", "vae_ct")}
+    assert recipes["qdm_ct_x8"] == ["train_prior", "train_base", "train", "train_detail"]
+    lp = tmp_path / "lpips.pt"
+    torch.save(build_lpips().state_dict(), lp)  # random AlexNet weights: the term's plumbing, not its quality
+    bundle = tiny_bundle(tmp_path, "qdm_ct_x8", {"train": {"lpips_path": str(lp)}}, recipe=True)
+    for name in recipes["qdm_ct_x8"]:  # keep the shipped links between stages (tiny_bundle clears init_from)
+        shipped = json.loads((REPO / "bundles" / "qdm_ct_x8" / "configs" / f"{name}.json").read_text())
+        cfg = json.loads((bundle / "configs" / f"{name}.json").read_text())
+        cfg["train"]["init_from"] = shipped["train"].get("init_from")
+        (bundle / "configs" / f"{name}.json").write_text(json.dumps(cfg))
+    result = train_recipe(bundle, data=ct_folder, max_steps=1, output=tmp_path / "out", quiet=True, device="cpu")
+    assert result["recipe"] == recipes["qdm_ct_x8"] and result["output"] == str(tmp_path / "out" / "qdm_ct_x8-train_detail")
+    state = torch.load(tmp_path / "out" / "qdm_ct_x8-train_detail" / "models" / "model.pt", weights_only=True)
+    build_network(bundle).load_state_dict(state, strict=True)  # the last stage's run is the bundle's network
