@@ -42,16 +42,19 @@ class PairedDataset(Dataset):
     ``preset`` may be ``{"mix": {"medical": 0.6, "bicubic": 0.4}}``: each sample draws its preset with
     these probabilities (from the same per-sample seed, so batches stay reproducible). A mix that includes
     clean ``bicubic`` downsampling keeps the model from mistaking a clean input for a degraded one.
+
+    ``grain`` (a :class:`~qdm_med.transforms.grain.RandGrain` or None) adds CT grain to the HR before the
+    LR is made from it, seeded per sample like the degradation.
     """
 
-    def __init__(self, base, preset, scale: int, seed: int = 0) -> None:
-        self.base, self.scale, self.seed = base, int(scale), int(seed)
+    def __init__(self, base, preset, scale: int, seed: int = 0, grain=None) -> None:
+        self.base, self.scale, self.seed, self.grain = base, int(scale), int(seed), grain
         presets, self.probs = _preset_mix(preset)
         self.pipelines = [DegradationPipeline(p, self.scale) for p in presets]
 
     def with_preset(self, preset) -> "PairedDataset":
-        """The same HR samples and seed with another degradation preset (a training phase's)."""
-        return PairedDataset(self.base, preset, self.scale, self.seed)
+        """The same HR samples, seed and grain with another degradation preset (a training phase's)."""
+        return PairedDataset(self.base, preset, self.scale, self.seed, self.grain)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -63,6 +66,9 @@ class PairedDataset(Dataset):
         seed = sample_seed(self.seed, epoch, index)
         pick = int(np.random.RandomState(seed).choice(len(self.pipelines), p=self.probs)) if len(self.pipelines) > 1 else 0
         pipeline = self.pipelines[pick]
+        if self.grain is not None:  # its own stream: the degradation's draws stay those of a run without grain
+            self.grain.set_random_state(seed=(seed + 1) % (2**31 - 1))
+            sample["hr"] = self.grain((sample["hr"] + 1) / 2) * 2 - 1
         pipeline.set_random_state(seed=seed)
         sample["lr"] = pipeline((sample["hr"] + 1) / 2) * 2 - 1
         return sample
@@ -131,4 +137,21 @@ def build_datasets(settings: dict, data=None, corpus: bool = False):
         hr = hr[..., :h, :w]
         vp.set_random_state(seed=seed + 1000 + i)
         val.append({"hr": hr, "lr": vp((hr + 1) / 2) * 2 - 1, "name": f"{item.get('patient')}:{item.get('slice')}"})
-    return PairedDataset(train, d["preset"], stage_scale, seed), val, split
+    return PairedDataset(train, d["preset"], stage_scale, seed, hr_grain(d.get("hr_grain"), settings["window"])), val, split
+
+
+def hr_grain(spec, window):
+    """``data.hr_grain`` (``{"prob", "sigma_hu": [lo, hi], "corr_px": [lo, hi]}``, HU of the model window) ->
+    a :class:`~qdm_med.transforms.grain.RandGrain` in [0, 1] window units, or None when unset."""
+    if spec is None:
+        return None
+    from qdm_med.transforms.grain import RandGrain
+
+    if not isinstance(spec, dict) or set(spec) - {"prob", "sigma_hu", "corr_px"}:
+        raise ConfigError(f"data.hr_grain {spec!r}: expected keys prob, sigma_hu, corr_px")
+    width = float(window[1]) - float(window[0])
+    try:
+        return RandGrain(float(spec.get("prob", 0.5)), [float(v) / width for v in spec.get("sigma_hu", (0.0, 30.0))],
+                         spec.get("corr_px", (0.5, 1.2)))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"data.hr_grain {spec!r}: {err}") from None

@@ -4,6 +4,7 @@
   :mod:`.intensity`: their MONAI dict versions.
 - :mod:`.kernels`: Gaussian, generalized, plateau and sinc blur kernels.
 - :mod:`.degradation`: randomizable blur, resize, noise, JPEG, final-resize and clean-downsample transforms.
+- :mod:`.grain`: :class:`RandGrain`, correlated CT grain added to an HR image (a dose / kernel augmentation).
 - :mod:`.external`: other libraries' downsamplers (scikit-image, SciPy) as evaluation presets.
 - :mod:`.presets`: ``natural``, ``medical``, ``medical_test``, ``bicubic``, ``clean`` and the external presets,
   :class:`DegradationPipeline`.
@@ -32,6 +33,7 @@ _NAMES = {
     "RandJPEG": "degradation",
     "FinalResize": "degradation",
     "RandCleanDownsample": "degradation",
+    "RandGrain": "grain",
     "EXTERNAL_KINDS": "external",
     "EXTERNAL_NOISE_SIGMA": "external",
     "ExternalDownsample": "external",
@@ -39,7 +41,7 @@ _NAMES = {
     "DegradationPipeline": "presets",
     "preset_params": "presets",
 }
-_MODULES = ("degradation", "external", "intensity", "kernels", "presets", "resample", "window")
+_MODULES = ("degradation", "external", "grain", "intensity", "kernels", "presets", "resample", "window")
 
 __all__ = sorted(_NAMES)
 

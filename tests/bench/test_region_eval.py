@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "region_eval.py"
+from script_loader import load_script
 
 
 @pytest.fixture(scope="module")
 def region_eval():
-    spec = importlib.util.spec_from_file_location("region_eval", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("region_eval")
 
 
 def _slice() -> np.ndarray:
