@@ -16,7 +16,18 @@ import torch
 from qdm_med._atomic import atomic_path
 from qdm_med.errors import ConfigError
 
-__all__ = ["rng_state", "set_rng_state", "gather_rng_states", "rank_rng_state", "save_checkpoint", "load_checkpoint"]
+__all__ = [
+    "resolve_weights_path", "rng_state", "set_rng_state", "gather_rng_states", "rank_rng_state", "save_checkpoint", "load_checkpoint",
+]
+
+
+def resolve_weights_path(value: str, bundle_dir: str) -> Path:
+    """A stage's weights reference (``train.init_from``, ``prior.weights``): absolute, inside the bundle, or
+    else relative to the working folder (where a previous stage's ``runs/`` output is)."""
+    path = Path(value)
+    if path.is_absolute():
+        return path
+    return Path(bundle_dir) / path if (Path(bundle_dir) / path).is_file() else path
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict:

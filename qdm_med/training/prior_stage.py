@@ -4,6 +4,8 @@ L1 between ``prior(LR)`` and the HR crop (the ``loss`` setting may say ``mse``).
 the prior's state dict (EMA); a QDM stage reads them through its ``prior.weights`` setting, freezes them
 and ships them inside the SR module (keys ``prior.*``). The same stage, with ``prior.blocks = 0`` and
 ``layers = 6``, trains the plain-CNN baseline of SPEC section 12 (``scripts/train_cnn_baseline.py``).
+``train.init_from`` starts it from trained weights: a prior run's ``models/model.pt`` or a QDM bundle's
+(whose ``prior.*`` keys are the prior), e.g. to continue a shipped prior on a new schedule or LR mix.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 
 from qdm_med.errors import ConfigError
 from qdm_med.models.prior import build_prior
+from qdm_med.training.checkpoint import resolve_weights_path
 from qdm_med.training.scores import image_scores
 from qdm_med.transforms import bicubic_upsample
 
@@ -36,6 +39,22 @@ class PriorStage:
         if loss not in ("l1", "mse"):
             raise ConfigError(f"train.loss {loss!r}: use l1 or mse")
         self.criterion = F.l1_loss if loss == "l1" else F.mse_loss
+        if settings["train"].get("init_from"):
+            self._init_from(settings["train"]["init_from"], settings["bundle_dir"])
+
+    def _init_from(self, value: str, bundle_dir: str) -> None:
+        from qdm_med.bundle.weights import read_weights
+
+        path = resolve_weights_path(value, bundle_dir)
+        if not path.is_file():
+            raise ConfigError(f"{path}: init_from names no file (a prior run's or a QDM bundle's models/model.pt)")
+        state = read_weights(path)
+        if any(k.startswith("prior.") for k in state):  # a QDM bundle's SR module: keep its prior
+            state = {k[len("prior.") :]: v for k, v in state.items() if k.startswith("prior.")}
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError as err:
+            raise ConfigError(f"{path}: does not fit this bundle's prior ({' '.join(str(err).split())[:160]})") from None
 
     def loss(self, model: nn.Module, hr: torch.Tensor, lr: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         loss = self.criterion(model(lr), hr)

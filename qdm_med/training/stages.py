@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from qdm_med.bundle.factories import build_diffusion_from, build_first_stage_from, build_prior_from, build_qdm_from, build_sr_module
 from qdm_med.bundle.settings import diffusion_start
 from qdm_med.errors import ConfigError
+from qdm_med.training.checkpoint import resolve_weights_path
 from qdm_med.training.scores import image_scores
 from qdm_med.transforms import bicubic_upsample
 
@@ -230,7 +231,7 @@ class QDMStage:
         self.lpips = _lpips_module(settings) if self.lpips_weight > 0 else None
         self.lpips_windows = _lpips_windows(settings)
         if t.get("init_from"):
-            self._init_from(self._resolve_init_from(t["init_from"], settings["bundle_dir"]))
+            self._init_from(resolve_weights_path(t["init_from"], settings["bundle_dir"]))
 
     def _load_prior(self, settings: dict) -> None:
         from qdm_med.bundle.weights import read_weights
@@ -238,7 +239,7 @@ class QDMStage:
         value = settings["prior"].get("weights")
         if not value:
             raise ConfigError(f"{settings['name']}: prior.weights must name the trained prior (a prior-stage run's models/model.pt)")
-        path = self._resolve_init_from(value, settings["bundle_dir"])
+        path = resolve_weights_path(value, settings["bundle_dir"])
         if not path.is_file():
             raise ConfigError(f"{path}: prior.weights names no file (run the bundle's prior stage first: --config train_prior)")
         try:
@@ -246,15 +247,6 @@ class QDMStage:
         except RuntimeError as err:
             raise ConfigError(f"{path}: does not fit this bundle's prior ({' '.join(str(err).split())[:160]})") from None
         self.prior.eval().requires_grad_(False)
-
-    @staticmethod
-    def _resolve_init_from(value: str, bundle_dir: str) -> Path:
-        """``train.init_from``: absolute, inside the bundle, or else relative to the working folder (where a
-        previous stage's ``runs/`` output is)."""
-        path = Path(value)
-        if path.is_absolute():
-            return path
-        return Path(bundle_dir) / path if (Path(bundle_dir) / path).is_file() else path
 
     def _init_from(self, path: Path) -> None:
         """Start from a trained QDM (a bundle's ``models/model.pt``: the SR module's state dict)."""

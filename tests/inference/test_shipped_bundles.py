@@ -86,8 +86,9 @@ def test_shipped_detail_mode_lowers_soft_tissue_lpips_on_the_held_out_region(tmp
     from qdm_med.jobs.evaluate import evaluate
 
     bundle = REPO / "bundles" / name
-    cfg = json.loads((bundle / "configs" / "train_detail.json").read_text())
-    assert HELD_OUT_REGION in (cfg["data"].get("holdout") or []), "the test region must be held out of the detail fine-tune"
+    for stage in ("train_prior", "train_prior_anneal", "train_detail", "train_detail_lungs"):  # the prior and the detail fine-tunes
+        cfg = json.loads((bundle / "configs" / f"{stage}.json").read_text())
+        assert HELD_OUT_REGION in (cfg["data"].get("holdout") or []), f"the test region must be held out of {stage}"
     hr = corpus_dir / "ct" / f"{HELD_OUT_REGION}.nii.gz"
     reps = {mode: evaluate(hr, int(cfg["scale"]), preset="skimage_resize_noise", bundle=str(bundle), slices=[6, 13], mode=mode,
                            report=tmp_path / f"{mode}.json", quiet=True, device="cpu") for mode in ("fidelity", "detail")}

@@ -111,6 +111,24 @@ def test_prior_stage_config_errors(tmp_path):
         diffusion_start({**settings, "diffusion": {"start": "noise"}})
 
 
+def test_prior_stage_init_from_a_prior_run_or_a_qdm_bundle(tmp_path):
+    from qdm_med.training.stages import build_stage
+
+    bundle = _prior_bundle(tmp_path)
+    settings = bundle_settings(bundle, "train_prior")
+    trained = {k: torch.randn_like(v) for k, v in build_stage(settings).model.state_dict().items()}
+    torch.save(trained, tmp_path / "prior.pt")
+    torch.save({**{"prior." + k: v for k, v in trained.items()}, "qdm.x": torch.zeros(1)}, tmp_path / "bundle_model.pt")
+    for weights in ("prior.pt", "bundle_model.pt"):  # a prior run's weights, or a QDM bundle's SR module
+        stage = build_stage({**settings, "train": {**settings["train"], "init_from": str(tmp_path / weights)}})
+        assert all(torch.equal(v, trained[k]) for k, v in stage.model.state_dict().items())
+    with pytest.raises(ConfigError, match="names no file"):
+        build_stage({**settings, "train": {**settings["train"], "init_from": str(tmp_path / "absent.pt")}})
+    torch.save({"body.0.weight": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="does not fit this bundle's prior"):
+        build_stage({**settings, "train": {**settings["train"], "init_from": str(tmp_path / "other.pt")}})
+
+
 def _recipe_bundle(tmp_path):
     bundle = tiny_bundle(tmp_path, "qdm_ct_x4", recipe=True)
     cfg = json.loads((bundle / "configs" / "train.json").read_text())
@@ -173,14 +191,16 @@ def test_recipe_output_folder_holds_the_stages_and_links_them(tmp_path, ct_folde
 
 
 def test_shipped_recipes_are_valid_and_x8s_runs_stage_by_stage(tmp_path, ct_folder):
-    """The shipped recipes as ``qdm-med train BUNDLE`` reads them; x8's four stages (prior, window-level base,
-    token-sparse fine-tune, LPIPS detail fine-tune) on a tiny copy, each stage starting from the one before."""
+    """The shipped recipes as ``qdm-med train BUNDLE`` reads them; x8's six stages (prior, its annealed
+    continuation, window-level base, token-sparse fine-tune, LPIPS detail fine-tune and its continuation on the
+    two lung scans) on a tiny copy, each stage starting from the one before."""
     from qdm_med.bundle import build_network
     from qdm_med.metrics.lpips_offline import build_lpips
     from qdm_med.training.api import recipe_of, train_recipe
 
     recipes = {name: recipe_of(REPO / "bundles" / name) for name in ("qdm_ct_x4", "qdm_ct_x8", "qdm_natural_x4", "vae_ct")}
-    assert recipes["qdm_ct_x8"] == ["train_prior", "train_base", "train", "train_detail"]
+    assert recipes["qdm_ct_x8"] == ["train_prior", "train_prior_anneal", "train_base", "train", "train_detail", "train_detail_lungs"]
+    assert recipes["qdm_ct_x4"] == ["train_prior", "train_prior_anneal", "train", "train_detail", "train_detail_lungs"]
     lp = tmp_path / "lpips.pt"
     torch.save(build_lpips().state_dict(), lp)  # random AlexNet weights: the term's plumbing, not its quality
     bundle = tiny_bundle(tmp_path, "qdm_ct_x8", {"train": {"lpips_path": str(lp)}}, recipe=True)
@@ -190,6 +210,8 @@ def test_shipped_recipes_are_valid_and_x8s_runs_stage_by_stage(tmp_path, ct_fold
         cfg["train"]["init_from"] = shipped["train"].get("init_from")
         (bundle / "configs" / f"{name}.json").write_text(json.dumps(cfg))
     result = train_recipe(bundle, data=ct_folder, max_steps=1, output=tmp_path / "out", quiet=True, device="cpu")
-    assert result["recipe"] == recipes["qdm_ct_x8"] and result["output"] == str(tmp_path / "out" / "qdm_ct_x8-train_detail")
-    state = torch.load(tmp_path / "out" / "qdm_ct_x8-train_detail" / "models" / "model.pt", weights_only=True)
+    assert result["recipe"] == recipes["qdm_ct_x8"] and result["output"] == str(tmp_path / "out" / "qdm_ct_x8-train_detail_lungs")
+    state = torch.load(tmp_path / "out" / "qdm_ct_x8-train_detail_lungs" / "models" / "model.pt", weights_only=True)
     build_network(bundle).load_state_dict(state, strict=True)  # the last stage's run is the bundle's network
+    annealed = torch.load(tmp_path / "out" / "qdm_ct_x8-train_prior_anneal" / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(state["prior." + k], v) for k, v in annealed.items())  # it ships the annealed prior
