@@ -87,10 +87,11 @@ def test_shipped_detail_mode_lowers_soft_tissue_lpips_on_the_held_out_region(tmp
 
     bundle = REPO / "bundles" / name
     for stage in ("train_prior", "train_prior_anneal", "train_detail", "train_detail_lungs"):  # the prior and the detail fine-tunes
-        cfg = json.loads((bundle / "configs" / f"{stage}.json").read_text())
-        assert HELD_OUT_REGION in (cfg["data"].get("holdout") or []), f"the test region must be held out of {stage}"
+        holdout = json.loads((bundle / "configs" / f"{stage}.json").read_text())["data"].get("holdout") or []
+        assert HELD_OUT_REGION in holdout, f"the test region must be held out of {stage}"
+    scale = int(json.loads((bundle / "configs" / "train.json").read_text())["scale"])
     hr = corpus_dir / "ct" / f"{HELD_OUT_REGION}.nii.gz"
-    reps = {mode: evaluate(hr, int(cfg["scale"]), preset="skimage_resize_noise", bundle=str(bundle), slices=[6, 13], mode=mode,
+    reps = {mode: evaluate(hr, scale, preset="skimage_resize_noise", bundle=str(bundle), slices=[6, 13], mode=mode,
                            report=tmp_path / f"{mode}.json", quiet=True, device="cpu") for mode in ("fidelity", "detail")}
     assert reps["detail"]["mode"] == "detail" and reps["detail"]["sampler"] == "tss" and reps["detail"]["steps"] >= 2
     fid, det = (reps[m]["metrics"]["model"]["per_slice"] for m in ("fidelity", "detail"))
