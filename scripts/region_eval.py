@@ -16,8 +16,10 @@ Methods: ``bicubic``; ``prior=CONFIG@WEIGHTS`` (a prior-stage config and its wei
 ``n_range=1,2&a_range=0.3,0.5``). ``label:`` before a method names its row. Prints a Markdown table (mean
 over slices; gain over bicubic on average and for the worst slice) and writes it with the raw scores.
 
-LR kinds (``--lr-kinds``): ``pil_bicubic``, ``skimage_resize`` and, as a robustness check outside the
-protocol, ``medical_test`` (the project's own blur/noise/JPEG test degradation); ``_noise`` adds white noise.
+LR kinds (``--lr-kinds``): ``pil_bicubic``, ``skimage_resize`` and, as robustness checks outside the protocol,
+other libraries' downsamplers (``torch_bicubic``: PyTorch's ``interpolate`` defaults, aliased; ``area``: block mean;
+``sitk_gauss_linear``: SimpleITK Gaussian smoothing then linear resampling; ``scipy_zoom``: SciPy's spline zoom,
+aliased) and ``medical_test`` (the project's own blur/noise/JPEG test degradation); ``_noise`` adds white noise.
 """
 
 from __future__ import annotations
@@ -46,6 +48,23 @@ def make_lr(slice_hu: np.ndarray, scale: int, kind: str, noise_hu: float, seed: 
         lr = np.asarray(Image.fromarray(slice_hu.astype(np.float32), mode="F").resize((w, h), Image.BICUBIC), dtype=np.float64)
     elif base == "skimage_resize":
         lr = resize(slice_hu.astype(np.float64), (h, w), order=3, anti_aliasing=True, preserve_range=True)
+    elif base == "torch_bicubic":  # F.interpolate's defaults (a = -0.75, no antialiasing: aliased LR; with it, it is PIL's)
+        t = torch.from_numpy(slice_hu.astype(np.float32))[None, None]
+        lr = torch.nn.functional.interpolate(t, size=(h, w), mode="bicubic", align_corners=False)[0, 0].double().numpy()
+    elif base == "area":  # block mean (OpenCV's INTER_AREA at integer factors): a thick-pixel detector model
+        lr = slice_hu[: h * scale, : w * scale].astype(np.float64).reshape(h, scale, w, scale).mean(axis=(1, 3))
+    elif base == "sitk_gauss_linear":  # ITK's usual recipe: Gaussian smoothing (sigma = scale/2 px), linear resampling
+        import SimpleITK as sitk
+
+        img = sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(slice_hu.astype(np.float32)), scale / 2.0)
+        ref = sitk.Image([w, h], sitk.sitkFloat32)
+        ref.SetSpacing([float(scale)] * 2)
+        ref.SetOrigin([(scale - 1) / 2.0] * 2)  # pixel centres of the coarse grid, as the block-mean's
+        lr = sitk.GetArrayFromImage(sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear)).astype(np.float64)
+    elif base == "scipy_zoom":  # SciPy's cubic spline zoom, no antialiasing: aliased LR
+        from scipy.ndimage import zoom
+
+        lr = zoom(slice_hu.astype(np.float64), 1.0 / scale, order=3, grid_mode=True, mode="reflect")
     elif base == "medical_test":  # our own blur/noise/JPEG test degradation: a robustness check, not the protocol
         from qdm_med.data.simulate import degrade_image
 
@@ -53,7 +72,8 @@ def make_lr(slice_hu: np.ndarray, scale: int, kind: str, noise_hu: float, seed: 
         unit = (np.clip(slice_hu, lo, hi) - lo) / (hi - lo)
         lr = degrade_image(unit[None], scale, "medical_test", seed)[0].astype(np.float64) * (hi - lo) + lo
     else:
-        raise ValueError(f"LR kind {kind!r}: use pil_bicubic, skimage_resize or medical_test (+ _noise)")
+        raise ValueError(f"LR kind {kind!r}: use pil_bicubic, skimage_resize, torch_bicubic, area, sitk_gauss_linear, "
+                         "scipy_zoom or medical_test (+ _noise)")
     if kind.endswith("_noise"):
         lr = lr + np.random.RandomState(seed).normal(0.0, noise_hu, lr.shape)
     return np.clip(lr, FULL[0], FULL[1]).astype(np.float32)

@@ -54,7 +54,7 @@ CLEAN_NOISE_RANGE = (0.0, 25.0 / 3072.0)
 #: external ones call another library's downsampler (:mod:`qdm_med.transforms.external`; evaluation only).
 PRESETS: dict[str, dict | None] = {
     "natural": _NATURAL, "medical": _MEDICAL, "medical_test": _MEDICAL_TEST, "bicubic": None, "bicubic_noise": None, "clean": None,
-    "clean_noise": None,
+    "clean_noise": None, "aliased": None, "aliased_noise": None,
     **{kind: None for kind in EXTERNAL_KINDS},
 }
 
@@ -77,8 +77,9 @@ class DegradationPipeline(Randomizable, Transform):
 
     Real-ESRGAN's first stage: blur (mixed kernel or sinc) -> random resize -> Gaussian or Poisson noise
     -> JPEG -> resize to H/scale with a random mode. Preset ``bicubic`` is clean antialiased bicubic
-    downsampling (``bicubic_noise`` adds white noise of sigma ~ U(0, 25 HU)); ``clean`` is noise-free
-    downsampling with a random common resampler
+    downsampling (``bicubic_noise`` adds white noise of sigma ~ U(0, 25 HU)); ``aliased`` is bicubic or
+    bilinear sampling with no pre-filter (``F.interpolate``'s and OpenCV's defaults; ``aliased_noise`` adds
+    the same noise); ``clean`` is noise-free downsampling with a random common resampler
     (:class:`~qdm_med.transforms.degradation.RandCleanDownsample`); ``skimage_resize``,
     ``skimage_local_mean``, ``scipy_zoom`` and ``skimage_resize_noise`` are other libraries' downsamplers
     (:class:`~qdm_med.transforms.external.ExternalDownsample`). All sub-transforms draw from this pipeline's RandomState, so
@@ -118,6 +119,9 @@ class DegradationPipeline(Randomizable, Transform):
             self.stages = [RandCleanDownsample(self.scale, noise_range=CLEAN_NOISE_RANGE)]
         elif self.preset == "bicubic_noise":  # the most common resampler, with CT-like noise
             self.stages = [RandCleanDownsample(self.scale, modes=("bicubic_aa",), probs=(1.0,), noise_range=CLEAN_NOISE_RANGE)]
+        elif self.preset in ("aliased", "aliased_noise"):  # F.interpolate's / OpenCV's defaults: no pre-filter
+            noise = CLEAN_NOISE_RANGE if self.preset == "aliased_noise" else (0.0, 0.0)
+            self.stages = [RandCleanDownsample(self.scale, modes=("bicubic", "bilinear"), probs=(0.5, 0.5), noise_range=noise)]
         elif self.preset in EXTERNAL_KINDS:
             self.stages = [ExternalDownsample(self.preset, self.scale)]
         self.final = FinalResize(self.scale)
@@ -139,7 +143,7 @@ class DegradationPipeline(Randomizable, Transform):
         h, w = x.shape[-2:]
         if h % self.scale or w % self.scale:
             raise ConfigError(f"image size {h}x{w} is not divisible by the scale {self.scale}")
-        if self.params is None and self.stages:  # clean, clean_noise, bicubic_noise, external: one resampler does the whole job
+        if self.params is None and self.stages:  # clean(_noise), bicubic_noise, aliased(_noise), external: one resampler does the whole job
             x = self.stages[0](x, randomize=randomize).clamp(0, 1).contiguous()
             self.last_params = [dict(self.stages[0].params)]
             return x

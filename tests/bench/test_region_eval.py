@@ -17,7 +17,8 @@ def _slice() -> np.ndarray:
     return np.where((x - 32) ** 2 + (y - 32) ** 2 < 400, 40.0, -1000.0).astype(np.float32)
 
 
-@pytest.mark.parametrize("kind", ["pil_bicubic", "skimage_resize", "medical_test", "pil_bicubic_noise"])
+@pytest.mark.parametrize("kind", ["pil_bicubic", "skimage_resize", "medical_test", "pil_bicubic_noise", "torch_bicubic", "area",
+                                  "sitk_gauss_linear", "scipy_zoom", "area_noise"])
 def test_lr_kinds_downscale_in_hu_and_are_seeded(region_eval, kind):
     hu = _slice()
     lr = region_eval.make_lr(hu, 4, kind, 12.0, seed=3)
@@ -34,7 +35,7 @@ def test_noise_kinds_add_noise_of_the_requested_level(region_eval):
 
 
 def test_unknown_lr_kind_names_the_accepted_ones(region_eval):
-    with pytest.raises(ValueError, match="use pil_bicubic, skimage_resize or medical_test"):
+    with pytest.raises(ValueError, match="use pil_bicubic, skimage_resize, torch_bicubic"):
         region_eval.make_lr(_slice(), 4, "opencv_area", 12.0, seed=0)
 
 
@@ -42,3 +43,19 @@ def test_sampler_parameters_in_a_method_query(region_eval):
     assert region_eval._sampler_value("1,2") == [1.0, 2.0]
     assert region_eval._sampler_value("6") == 6.0
     assert region_eval._sampler_value("polynomial") == "polynomial"
+
+
+def test_other_libraries_lr_kinds_agree_on_the_block_geometry(region_eval):
+    """Every kind samples at the LR pixel centres: on a smooth ramp (where no kernel's shape matters) each
+    LR pixel equals the mean of its HR block; the aliased kinds keep a pixel-scale pattern the others remove."""
+    y, x = np.mgrid[0:64, 0:64].astype(np.float32)
+    ramp = 3.0 * x + 2.0 * y
+    block = ramp.reshape(16, 4, 16, 4).mean(axis=(1, 3))
+    for kind in ("pil_bicubic", "skimage_resize", "torch_bicubic", "area", "sitk_gauss_linear", "scipy_zoom"):
+        lr = region_eval.make_lr(ramp, 4, kind, 0.0, seed=0)
+        np.testing.assert_allclose(lr[3:-3, 3:-3], block[3:-3, 3:-3], atol=0.05, err_msg=kind)
+    noise = np.random.RandomState(0).normal(0.0, 100.0, (256, 256)).astype(np.float32)  # white: all of it above LR Nyquist
+    spread = {k: float(region_eval.make_lr(noise, 4, k, 0.0, seed=0).std()) for k in
+              ("pil_bicubic", "area", "sitk_gauss_linear", "torch_bicubic", "scipy_zoom")}
+    assert max(spread["pil_bicubic"], spread["area"], spread["sitk_gauss_linear"]) <= 26.0  # averaged: ~100 / 4 or less
+    assert min(spread["torch_bicubic"], spread["scipy_zoom"]) > 60.0, spread  # point-sampled: aliased

@@ -41,3 +41,28 @@ def test_bicubic_noise_is_antialiased_bicubic_plus_seeded_white_noise():
         assert params["mode"] == "bicubic_aa" and CLEAN_NOISE_RANGE[0] <= params["noise_sigma"] <= CLEAN_NOISE_RANGE[1]
         resid = (a - clean)[(clean > 0.05) & (clean < 0.95)]
         assert abs(float(resid.std()) - params["noise_sigma"]) < 0.25 * params["noise_sigma"] + 2e-3
+
+
+def test_aliased_is_unfiltered_point_sampling_and_aliased_noise_adds_the_noise():
+    """``aliased``: F.interpolate's bicubic / bilinear with no pre-filter, so white noise (all of it above the
+    LR Nyquist) keeps most of its amplitude, where an antialiased resampler averages it away."""
+    import torch.nn.functional as F
+
+    board = (0.5 + 0.1 * torch.randn(1, 64, 64, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    pipe, noisy = DegradationPipeline("aliased", 4), DegradationPipeline("aliased_noise", 4)
+    modes = set()
+    for seed in range(8):
+        pipe.set_random_state(seed=seed)
+        lr = pipe(board)
+        mode = pipe.last_params[0]["mode"]
+        modes.add(mode)
+        ref = F.interpolate(board[None], scale_factor=0.25, mode=mode, align_corners=False)[0]
+        torch.testing.assert_close(lr, ref.clamp(0, 1))
+        assert float(lr.std()) > 0.05  # aliased, not averaged
+        noisy.set_random_state(seed=seed)
+        noisy(board)
+        params = noisy.last_params[0]
+        assert params["mode"] == mode and CLEAN_NOISE_RANGE[0] <= params["noise_sigma"] <= CLEAN_NOISE_RANGE[1]
+    assert modes == {"bicubic", "bilinear"}
+    bic = DegradationPipeline("bicubic", 4)(board)
+    assert float(bic.std()) < 0.03
