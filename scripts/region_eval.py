@@ -42,6 +42,8 @@ def make_lr(slice_hu: np.ndarray, scale: int, kind: str, noise_hu: float, seed: 
     from PIL import Image
     from skimage.transform import resize
 
+    from qdm_med.transforms.external import downsample_plane
+
     h, w = slice_hu.shape[0] // scale, slice_hu.shape[1] // scale
     base = kind.removesuffix("_noise")
     if base == "pil_bicubic":
@@ -52,7 +54,7 @@ def make_lr(slice_hu: np.ndarray, scale: int, kind: str, noise_hu: float, seed: 
         t = torch.from_numpy(slice_hu.astype(np.float32))[None, None]
         lr = torch.nn.functional.interpolate(t, size=(h, w), mode="bicubic", align_corners=False)[0, 0].double().numpy()
     elif base == "area":  # block mean (OpenCV's INTER_AREA at integer factors): a thick-pixel detector model
-        lr = slice_hu[: h * scale, : w * scale].astype(np.float64).reshape(h, scale, w, scale).mean(axis=(1, 3))
+        lr = downsample_plane(slice_hu[: h * scale, : w * scale].astype(np.float64), "skimage_local_mean", scale)
     elif base == "sitk_gauss_linear":  # ITK's usual recipe: Gaussian smoothing (sigma = scale/2 px), linear resampling
         import SimpleITK as sitk
 
@@ -62,9 +64,7 @@ def make_lr(slice_hu: np.ndarray, scale: int, kind: str, noise_hu: float, seed: 
         ref.SetOrigin([(scale - 1) / 2.0] * 2)  # pixel centres of the coarse grid, as the block-mean's
         lr = sitk.GetArrayFromImage(sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear)).astype(np.float64)
     elif base == "scipy_zoom":  # SciPy's cubic spline zoom, no antialiasing: aliased LR
-        from scipy.ndimage import zoom
-
-        lr = zoom(slice_hu.astype(np.float64), 1.0 / scale, order=3, grid_mode=True, mode="reflect")
+        lr = downsample_plane(slice_hu.astype(np.float64), "scipy_zoom", scale)
     elif base == "medical_test":  # our own blur/noise/JPEG test degradation: a robustness check, not the protocol
         from qdm_med.data.simulate import degrade_image
 

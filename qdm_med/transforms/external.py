@@ -21,15 +21,15 @@ import torch
 
 from qdm_med.transforms.degradation import _RandImageTransform
 
-__all__ = ["EXTERNAL_KINDS", "EXTERNAL_NOISE_SIGMA", "ExternalDownsample"]
+__all__ = ["EXTERNAL_KINDS", "EXTERNAL_NOISE_SIGMA", "ExternalDownsample", "downsample_plane"]
 
 EXTERNAL_KINDS = ("skimage_resize", "skimage_local_mean", "scipy_zoom", "skimage_resize_noise")
 #: noise of ``skimage_resize_noise`` in [0, 1] units: 10 HU of the 4095-HU CT range
 EXTERNAL_NOISE_SIGMA = 10.0 / 4095.0
 
 
-def _downsample_plane(plane: np.ndarray, kind: str, scale: int) -> np.ndarray:
-    """(H, W) float64 -> (H/s, W/s) with the named library call."""
+def downsample_plane(plane: np.ndarray, kind: str, scale: int) -> np.ndarray:
+    """(H, W) float64 -> (H/s, W/s) with the named library call (linear: any intensity unit, e.g. HU)."""
     from scipy import ndimage
     from skimage.transform import downscale_local_mean, resize
 
@@ -66,7 +66,7 @@ class ExternalDownsample(_RandImageTransform):
         h, w = img.shape[-2:]
         if h % self.scale or w % self.scale:
             raise ValueError(f"image size {h}x{w} is not divisible by the scale {self.scale}")
-        lr = np.stack([_downsample_plane(p.double().numpy(), self.kind, self.scale) for p in img.detach().cpu()])
+        lr = np.stack([downsample_plane(p.double().numpy(), self.kind, self.scale) for p in img.detach().cpu()])
         if self.kind == "skimage_resize_noise":
             lr = lr + np.random.RandomState(self.params["noise_seed"]).normal(0.0, EXTERNAL_NOISE_SIGMA, lr.shape)
         return torch.from_numpy(np.clip(lr, 0.0, 1.0).astype(np.float32))

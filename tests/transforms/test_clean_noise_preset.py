@@ -48,21 +48,21 @@ def test_aliased_is_unfiltered_point_sampling_and_aliased_noise_adds_the_noise()
     LR Nyquist) keeps most of its amplitude, where an antialiased resampler averages it away."""
     import torch.nn.functional as F
 
-    board = (0.5 + 0.1 * torch.randn(1, 64, 64, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    noise = (0.5 + 0.1 * torch.randn(1, 64, 64, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     pipe, noisy = DegradationPipeline("aliased", 4), DegradationPipeline("aliased_noise", 4)
     modes = set()
     for seed in range(8):
         pipe.set_random_state(seed=seed)
-        lr = pipe(board)
+        lr = pipe(noise)
         mode = pipe.last_params[0]["mode"]
         modes.add(mode)
-        ref = F.interpolate(board[None], scale_factor=0.25, mode=mode, align_corners=False)[0]
+        ref = F.interpolate(noise[None], scale_factor=0.25, mode=mode, align_corners=False)[0]
         torch.testing.assert_close(lr, ref.clamp(0, 1))
         assert float(lr.std()) > 0.05  # aliased, not averaged
         noisy.set_random_state(seed=seed)
-        noisy(board)
+        noisy(noise)
         params = noisy.last_params[0]
         assert params["mode"] == mode and CLEAN_NOISE_RANGE[0] <= params["noise_sigma"] <= CLEAN_NOISE_RANGE[1]
     assert modes == {"bicubic", "bilinear"}
-    bic = DegradationPipeline("bicubic", 4)(board)
+    bic = DegradationPipeline("bicubic", 4)(noise)
     assert float(bic.std()) < 0.03
