@@ -63,8 +63,10 @@ def make_lr(slice_hu: np.ndarray, scale: int, kind: str, noise_hu: float, seed: 
         ref.SetSpacing([float(scale)] * 2)
         ref.SetOrigin([(scale - 1) / 2.0] * 2)  # pixel centres of the coarse grid, as the block-mean's
         lr = sitk.GetArrayFromImage(sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear)).astype(np.float64)
-    elif base == "scipy_zoom":  # SciPy's cubic spline zoom, no antialiasing: aliased LR
-        lr = downsample_plane(slice_hu.astype(np.float64), "scipy_zoom", scale)
+    elif base == "scipy_zoom":  # SciPy's cubic spline zoom, no antialiasing: aliased LR (edges reflected, unlike
+        from scipy.ndimage import zoom  # the external preset's "nearest": the sixth session's tables used this)
+
+        lr = zoom(slice_hu.astype(np.float64), 1.0 / scale, order=3, grid_mode=True, mode="reflect")
     elif base == "medical_test":  # our own blur/noise/JPEG test degradation: a robustness check, not the protocol
         from qdm_med.data.simulate import degrade_image
 
