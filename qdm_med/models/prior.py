@@ -14,6 +14,13 @@ first (stage ``prior``), frozen, and shipped inside the QDM bundle's weights (ke
 ``blocks = 0`` is the plain stack of ``layers`` conv + ReLU (the baseline of SPEC section 12: 6 layers,
 64 channels); ``blocks > 0`` is a head conv, ``blocks`` two-conv residual blocks and a tail conv. The last
 conv starts at zero, so an untrained prior is exactly bicubic.
+
+``context > 0`` adds a global degradation context: the log of the spatial mean of the first layer's ReLU
+features (band energies of the whole LR image) goes through a two-layer MLP of width ``context`` that
+scales and shifts those features (FiLM) before the rest of the stack. A 3x3 stack sees about 13 LR pixels,
+too few to tell aliased LR (``F.interpolate``'s or SciPy's defaults: the fidelity mode sharpens its aliasing
+and falls below bicubic) from antialiased LR; the image's band-energy ratios tell them apart. The MLP's last
+layer starts at zero, so a context prior starts as the same prior without it (``init_from`` a plain one).
 """
 
 from __future__ import annotations
@@ -50,14 +57,18 @@ class ResidualCNN(nn.Module):
         layers: conv layers of the plain stack (``blocks = 0``).
         blocks: residual blocks (0: the plain stack).
         unshuffle: pixel-unshuffle factor of the working space (4, the first stage's).
+        context: width of the global degradation-context MLP (0: none).
     """
 
     kind = "cnn"
 
-    def __init__(self, scale: int, in_channels: int = 1, channels: int = 64, layers: int = 6, blocks: int = 0, unshuffle: int = 4) -> None:
+    def __init__(self, scale: int, in_channels: int = 1, channels: int = 64, layers: int = 6, blocks: int = 0, unshuffle: int = 4,
+                 context: int = 0) -> None:
         super().__init__()
         if int(blocks) < 0 or (int(blocks) == 0 and int(layers) < 2):
             raise ConfigError(f"prior: blocks {blocks} / layers {layers}: need blocks >= 1 or layers >= 2")
+        if int(context) < 0:
+            raise ConfigError(f"prior: context {context}: need >= 0 (0: no global context)")
         self.scale, self.unshuffle = int(scale), int(unshuffle)
         self.in_channels = int(in_channels)
         io = self.in_channels * self.unshuffle**2
@@ -71,6 +82,12 @@ class ResidualCNN(nn.Module):
         self.tail = nn.Conv2d(channels, io, 3, padding=1)
         nn.init.zeros_(self.tail.weight)
         nn.init.zeros_(self.tail.bias)
+        self.split = 1 if int(blocks) > 0 else 2  # the first layer: head conv, or conv + ReLU
+        self.context = None
+        if int(context) > 0:
+            self.context = nn.Sequential(nn.Linear(channels, int(context)), nn.ReLU(), nn.Linear(int(context), 2 * channels))
+            nn.init.zeros_(self.context[-1].weight)
+            nn.init.zeros_(self.context[-1].bias)
 
     @property
     def lr_multiple(self) -> int:
@@ -92,8 +109,17 @@ class ResidualCNN(nn.Module):
         h, w = up.shape[-2:]
         if h % self.unshuffle or w % self.unshuffle:
             raise ValueError(f"SR size {h}x{w} is not divisible by the prior's unshuffle factor {self.unshuffle}")
-        res = F.pixel_shuffle(self.tail(self.body(F.pixel_unshuffle(up, self.unshuffle))), self.unshuffle)
+        feat = self.body[: self.split](F.pixel_unshuffle(up, self.unshuffle))
+        if self.context is not None:
+            feat = self.modulate(feat)
+        res = F.pixel_shuffle(self.tail(self.body[self.split :](feat)), self.unshuffle)
         return (up + res).clamp(-1, 1)
+
+    def modulate(self, feat: torch.Tensor) -> torch.Tensor:
+        """FiLM of the first layer's features (B, F, H', W') by the image's log band energies (B, F)."""
+        energy = torch.log(F.relu(feat).mean(dim=(2, 3)) + 1e-4)
+        gamma, beta = self.context(energy).chunk(2, dim=1)
+        return feat * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
 
 
 def build_prior(settings: dict | None, scale: int, in_channels: int = 1) -> ResidualCNN | None:

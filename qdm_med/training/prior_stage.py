@@ -5,7 +5,8 @@ the prior's state dict (EMA); a QDM stage reads them through its ``prior.weights
 and ships them inside the SR module (keys ``prior.*``). The same stage, with ``prior.blocks = 0`` and
 ``layers = 6``, trains the plain-CNN baseline of SPEC section 12 (``scripts/train_cnn_baseline.py``).
 ``train.init_from`` starts it from trained weights: a prior run's ``models/model.pt`` or a QDM bundle's
-(whose ``prior.*`` keys are the prior), e.g. to continue a shipped prior on a new schedule or LR mix.
+(whose ``prior.*`` keys are the prior), e.g. to continue a shipped prior on a new schedule or LR mix; a
+prior without the global context (``prior.context``) may start one with it.
 """
 
 from __future__ import annotations
@@ -52,9 +53,13 @@ class PriorStage:
         if any(k.startswith("prior.") for k in state):  # a QDM bundle's SR module: keep its prior
             state = {k[len("prior.") :]: v for k, v in state.items() if k.startswith("prior.")}
         try:
-            self.model.load_state_dict(state)
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
         except RuntimeError as err:
             raise ConfigError(f"{path}: does not fit this bundle's prior ({' '.join(str(err).split())[:160]})") from None
+        # a prior without the global context may start a context prior: its zero-initialised MLP keeps the function
+        odd = list(unexpected) + [k for k in missing if not k.startswith("context.")]
+        if odd:
+            raise ConfigError(f"{path}: does not fit this bundle's prior (keys {', '.join(odd[:4])})")
 
     def loss(self, model: nn.Module, hr: torch.Tensor, lr: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         loss = self.criterion(model(lr), hr)

@@ -115,3 +115,24 @@ def test_start_prior_without_a_prior_is_a_config_error_and_weights_carry_the_pri
         _sr(prior=False, start="prior")
     keys = _sr().state_dict().keys()
     assert any(k.startswith("prior.") for k in keys) and not any(k.startswith("prior.") for k in _sr(prior=False).state_dict())
+
+
+def test_context_prior_starts_as_the_plain_prior_and_sees_the_whole_image():
+    torch.manual_seed(0)
+    plain = ResidualCNN(4, channels=8, layers=4)
+    for p in plain.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    ctx = ResidualCNN(4, channels=8, layers=4, context=6)
+    missing, unexpected = ctx.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["context.0.bias", "context.0.weight", "context.2.bias", "context.2.weight"] and not unexpected
+    lr = torch.rand(1, 1, 24, 24) * 2 - 1
+    assert torch.equal(ctx(lr), plain(lr))  # the MLP's zero last layer: no modulation yet
+    far = lr.clone()
+    far[..., 16:, 16:] = torch.rand(1, 1, 8, 8) * 2 - 1  # change pixels > 13 LR pixels from the top-left corner
+    assert torch.equal(plain(far)[..., :16, :16], plain(lr)[..., :16, :16])  # a 3x3 stack of 4 layers is local
+    torch.nn.init.normal_(ctx.context[-1].weight, std=0.5)
+    assert not torch.allclose(ctx(far)[..., :16, :16], ctx(lr)[..., :16, :16])  # the global context is not
+    gamma_beta = ctx.context(torch.zeros(2, 8))
+    assert gamma_beta.shape == (2, 16)
+    with pytest.raises(ConfigError, match="context"):
+        ResidualCNN(4, context=-1)

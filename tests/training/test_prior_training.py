@@ -124,6 +124,13 @@ def test_prior_stage_init_from_a_prior_run_or_a_qdm_bundle(tmp_path):
         assert all(torch.equal(v, trained[k]) for k, v in stage.model.state_dict().items())
     with pytest.raises(ConfigError, match="names no file"):
         build_stage({**settings, "train": {**settings["train"], "init_from": str(tmp_path / "absent.pt")}})
+    # a plain prior may start a context prior (its MLP starts at zero); the reverse is refused
+    ctx_settings = {**settings, "prior": {**PRIOR, "context": 4}}
+    stage = build_stage({**ctx_settings, "train": {**settings["train"], "init_from": str(tmp_path / "prior.pt")}})
+    assert torch.equal(stage.model.body[0].weight, trained["body.0.weight"]) and not stage.model.context[-1].weight.any()
+    torch.save(stage.model.state_dict(), tmp_path / "ctx.pt")
+    with pytest.raises(ConfigError, match="keys context"):
+        build_stage({**settings, "train": {**settings["train"], "init_from": str(tmp_path / "ctx.pt")}})
     torch.save({"body.0.weight": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(ConfigError, match="does not fit this bundle's prior"):
         build_stage({**settings, "train": {**settings["train"], "init_from": str(tmp_path / "other.pt")}})
@@ -191,16 +198,19 @@ def test_recipe_output_folder_holds_the_stages_and_links_them(tmp_path, ct_folde
 
 
 def test_shipped_recipes_are_valid_and_x8s_runs_stage_by_stage(tmp_path, ct_folder):
-    """The shipped recipes as ``qdm-med train BUNDLE`` reads them; x8's six stages (prior, its annealed
-    continuation, window-level base, token-sparse fine-tune, LPIPS detail fine-tune and its continuation on the
-    two lung scans) on a tiny copy, each stage starting from the one before."""
+    """The shipped recipes as ``qdm-med train BUNDLE`` reads them; x8's eight stages (prior, its annealed
+    continuation, its global-context continuation, window-level base, token-sparse fine-tune, LPIPS detail
+    fine-tune, its continuation on the two lung scans and on the context prior's start) on a tiny copy, each
+    stage starting from the one before."""
     from qdm_med.bundle import build_network
     from qdm_med.metrics.lpips_offline import build_lpips
     from qdm_med.training.api import recipe_of, train_recipe
 
     recipes = {name: recipe_of(REPO / "bundles" / name) for name in ("qdm_ct_x4", "qdm_ct_x8", "qdm_natural_x4", "vae_ct")}
-    assert recipes["qdm_ct_x8"] == ["train_prior", "train_prior_anneal", "train_base", "train", "train_detail", "train_detail_lungs"]
-    assert recipes["qdm_ct_x4"] == ["train_prior", "train_prior_anneal", "train", "train_detail", "train_detail_lungs"]
+    stages = ["train_prior", "train_prior_anneal", "train_prior_context", "train", "train_detail", "train_detail_lungs",
+              "train_detail_context"]
+    assert recipes["qdm_ct_x8"] == [*stages[:3], "train_base", *stages[3:]]
+    assert recipes["qdm_ct_x4"] == stages
     lp = tmp_path / "lpips.pt"
     torch.save(build_lpips().state_dict(), lp)  # random AlexNet weights: the term's plumbing, not its quality
     bundle = tiny_bundle(tmp_path, "qdm_ct_x8", {"train": {"lpips_path": str(lp)}}, recipe=True)
@@ -210,8 +220,9 @@ def test_shipped_recipes_are_valid_and_x8s_runs_stage_by_stage(tmp_path, ct_fold
         cfg["train"]["init_from"] = shipped["train"].get("init_from")
         (bundle / "configs" / f"{name}.json").write_text(json.dumps(cfg))
     result = train_recipe(bundle, data=ct_folder, max_steps=1, output=tmp_path / "out", quiet=True, device="cpu")
-    assert result["recipe"] == recipes["qdm_ct_x8"] and result["output"] == str(tmp_path / "out" / "qdm_ct_x8-train_detail_lungs")
-    state = torch.load(tmp_path / "out" / "qdm_ct_x8-train_detail_lungs" / "models" / "model.pt", weights_only=True)
+    assert result["recipe"] == recipes["qdm_ct_x8"] and result["output"] == str(tmp_path / "out" / "qdm_ct_x8-train_detail_context")
+    state = torch.load(tmp_path / "out" / "qdm_ct_x8-train_detail_context" / "models" / "model.pt", weights_only=True)
     build_network(bundle).load_state_dict(state, strict=True)  # the last stage's run is the bundle's network
-    annealed = torch.load(tmp_path / "out" / "qdm_ct_x8-train_prior_anneal" / "models" / "model.pt", weights_only=True)
-    assert all(torch.equal(state["prior." + k], v) for k, v in annealed.items())  # it ships the annealed prior
+    context = torch.load(tmp_path / "out" / "qdm_ct_x8-train_prior_context" / "models" / "model.pt", weights_only=True)
+    assert any(k.startswith("context.") for k in context)
+    assert all(torch.equal(state["prior." + k], v) for k, v in context.items())  # it ships the context prior
