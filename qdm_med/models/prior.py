@@ -61,6 +61,8 @@ class ResidualCNN(nn.Module):
     """
 
     kind = "cnn"
+    #: prefix of the context MLP's parameters: a prior without them may start one with them (zero last layer)
+    ADDED_BY_CONTEXT = "context."
 
     def __init__(self, scale: int, in_channels: int = 1, channels: int = 64, layers: int = 6, blocks: int = 0, unshuffle: int = 4,
                  context: int = 0) -> None:

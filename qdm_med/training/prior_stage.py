@@ -57,7 +57,7 @@ class PriorStage:
         except RuntimeError as err:
             raise ConfigError(f"{path}: does not fit this bundle's prior ({' '.join(str(err).split())[:160]})") from None
         # a prior without the global context may start a context prior: its zero-initialised MLP keeps the function
-        odd = list(unexpected) + [k for k in missing if not k.startswith("context.")]
+        odd = list(unexpected) + [k for k in missing if not k.startswith(self.model.ADDED_BY_CONTEXT)]
         if odd:
             raise ConfigError(f"{path}: does not fit this bundle's prior (keys {', '.join(odd[:4])})")
 
