@@ -141,6 +141,9 @@ def train_bundle(bundle, data=None, corpus: bool = False, max_steps: int | None 
     out = Path(output) if output is not None else default_output(bundle, config)
     if (out / "checkpoint.pt").exists() and not resume and rank == 0:
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --output for a new folder")
+    if resume and (out / "checkpoint.pt").exists():
+        # the checkpoint holds the weights: the starting point may since have moved or changed (a re-exported bundle)
+        settings["train"] = {**settings["train"], "init_from": None}
     torch.manual_seed(int(settings["seed"]))  # seeded initialisation: the training command reproduces its weights
     stage = build_stage(settings)
     train_ds, val, split = build_datasets(settings, data=data, corpus=corpus)

@@ -136,6 +136,21 @@ def test_prior_stage_init_from_a_prior_run_or_a_qdm_bundle(tmp_path):
         build_stage({**settings, "train": {**settings["train"], "init_from": str(tmp_path / "other.pt")}})
 
 
+def test_resume_continues_from_the_checkpoint_even_if_the_start_weights_moved(tmp_path, ct_folder):
+    from qdm_med.training.stages import build_stage
+
+    bundle = _prior_bundle(tmp_path, {"checkpoint_every": 2})
+    start = tmp_path / "start.pt"
+    torch.save(build_stage(bundle_settings(bundle, "train_prior")).model.state_dict(), start)
+    run = dict(data=ct_folder, output=tmp_path / "run", quiet=True, device="cpu", config="train_prior", init_from=start)
+    train_bundle(bundle, max_steps=2, **run)
+    start.unlink()  # e.g. a bundle re-exported since: its weights no longer fit, or are gone
+    with pytest.raises(ConfigError, match="names no file"):
+        train_bundle(bundle, max_steps=4, **{**run, "output": tmp_path / "fresh"})
+    resumed = train_bundle(bundle, max_steps=4, resume=True, **run)
+    assert resumed["steps"] == 4 and len(_losses(tmp_path / "run")) == 4
+
+
 def _recipe_bundle(tmp_path):
     bundle = tiny_bundle(tmp_path, "qdm_ct_x4", recipe=True)
     cfg = json.loads((bundle / "configs" / "train.json").read_text())
