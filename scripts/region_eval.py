@@ -4,7 +4,9 @@ The protocol of SPEC section 12, on data we may validate on (the corpus' abdomen
 chest): each axial slice is made low-resolution by a common antialiased resampler (PIL's bicubic,
 scikit-image's ``resize(anti_aliasing=True)``), clean and with white CT-like noise (``--noise-hu``,
 default 12 HU), then upscaled by each method through the project's slice-wise inferencer. Scores per slice:
-PSNR/SSIM over [-1024, 3071] HU, PSNR/SSIM in a soft-tissue window (W 400 / L 40) and LPIPS on that window.
+PSNR/SSIM over [-1024, 3071] HU (``*_full``), in the model window (``*_window``) and in a soft-tissue window
+(W 400 / L 40, ``*_soft``), and LPIPS in the model and soft-tissue windows (:class:`qdm_med.jobs.scoring.SliceScorer`,
+the scores of ``qdm-med evaluate``).
 
     python scripts/region_eval.py --scale 4 --hr $QDM_MED_DATA/ct/totalsegmentator_abdomen.nii.gz \\
         --method bicubic --method prior=bundles/qdm_ct_x4/configs/train_prior.json@runs/qdm_ct_x4-train_prior/models/model.pt \\
@@ -33,7 +35,6 @@ from urllib.parse import parse_qsl
 import numpy as np
 import torch
 
-from qdm_med.jobs.scoring import SOFT_TISSUE  # W 400 / L 40
 from qdm_med.transforms.window import FULL_HU_RANGE as FULL
 
 
@@ -126,29 +127,10 @@ def _sampler_value(text: str):
     return values if "," in text else values[0]
 
 
-def scores(pred: np.ndarray, ref: np.ndarray, lpips) -> dict:
-    from qdm_med.metrics import psnr, ssim
-
-    out = {}
-    for name, (lo, hi) in (("full", FULL), ("soft", SOFT_TISSUE)):
-        p, r = np.clip(pred, lo, hi).astype(np.float64), np.clip(ref, lo, hi).astype(np.float64)
-        out[f"psnr_{name}"] = float(psnr(p, r, data_range=hi - lo))
-        out[f"ssim_{name}"] = float(ssim(p, r, data_range=hi - lo))
-    if lpips is not None:
-        from qdm_med.transforms.window import HUWindow
-
-        def unit(a):
-            return torch.from_numpy(HUWindow(*SOFT_TISSUE)(a))[None, None].expand(-1, 3, -1, -1)
-
-        with torch.inference_mode():
-            out["lpips_soft"] = float(lpips(unit(pred), unit(ref)).mean())
-    return out
-
-
 def main() -> None:
     from qdm_med.inference.volume import SliceWiseInferencer
     from qdm_med.io import Volume, load_volume
-    from qdm_med.jobs.scoring import load_lpips_or_none
+    from qdm_med.jobs.scoring import SliceScorer, load_lpips_or_none, summarize
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hr", required=True, help="held-out HR volumes (comma-separated)")
@@ -179,7 +161,8 @@ def main() -> None:
                 t0 = time.perf_counter()
                 inf = SliceWiseInferencer(sr_fn, s, window=window, batch_size=4, progress=False, seed=args.seed, device="cpu")
                 sr = inf(lr_vol).array
-                per = [scores(sr[:, :, i].T, hr[:, :, k].T, lpips) for i, k in enumerate(ks)]
+                scorer = SliceScorer(window, lpips)  # the project's scores: full range, model window, soft tissue
+                per = [scorer.score_ct_slice(sr[:, :, i].T, hr[:, :, k].T) for i, k in enumerate(ks)]
                 rows.append(
                     {
                         "volume": Path(path).name,
@@ -187,7 +170,7 @@ def main() -> None:
                         "method": label,
                         "seconds": time.perf_counter() - t0,
                         "per_slice": per,
-                        **{m: float(np.mean([p[m] for p in per])) for m in per[0]},
+                        **{k: v for k, v in summarize(per).items() if k != "slices"},
                     }
                 )
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_slice"}), flush=True)
@@ -210,7 +193,7 @@ def markdown(rows: list[dict]) -> str:
             if bic is not None:
                 d = [p["psnr_full"] - b["psnr_full"] for p, b in zip(r["per_slice"], bic["per_slice"])]
                 gain = f"{np.mean(d):+.2f} ({min(d):+.2f})"
-            lp = f"{r['lpips_soft']:.4f}" if "lpips_soft" in r else "-"
+            lp = f"{r['lpips_soft']:.4f}" if isinstance(r["lpips_soft"], float) else "-"
             lines.append(
                 f"| {vol} | {kind} | {r['method']} | {r['psnr_full']:.2f} | {gain} | {r['ssim_full']:.4f} | {r['psnr_soft']:.2f} "
                 f"| {r['ssim_soft']:.4f} | {lp} |"

@@ -59,3 +59,23 @@ def test_other_libraries_lr_kinds_agree_on_the_block_geometry(region_eval):
               ("pil_bicubic", "area", "sitk_gauss_linear", "torch_bicubic", "scipy_zoom")}
     assert max(spread["pil_bicubic"], spread["area"], spread["sitk_gauss_linear"]) <= 26.0  # averaged: ~100 / 4 or less
     assert min(spread["torch_bicubic"], spread["scipy_zoom"]) > 60.0, spread  # point-sampled: aliased
+
+
+def test_main_scores_each_method_against_bicubic_with_the_project_scorer(region_eval, tmp_path, monkeypatch):
+    import json
+    import sys
+
+    import nibabel as nib
+
+    vol = np.stack([_slice().T + 30.0 * k for k in range(2)], axis=2)  # (X, Y, Z) HU
+    nib.save(nib.Nifti1Image(vol, np.diag([0.8, 0.8, 2.0, 1.0])), tmp_path / "ct.nii.gz")
+    monkeypatch.setattr(sys, "argv", ["region_eval", "--scale", "4", "--hr", str(tmp_path / "ct.nii.gz"), "--method", "bicubic",
+                                      "--method", "again:bicubic", "--lr-kinds", "pil_bicubic", "--out", str(tmp_path / "out")])
+    monkeypatch.setattr("qdm_med.jobs.scoring.load_lpips_or_none", lambda *a, **k: None)  # scores without LPIPS weights
+    region_eval.main()
+    rows = json.loads((tmp_path / "out" / "rows.json").read_text())
+    assert [r["method"] for r in rows] == ["bicubic", "again"] and len(rows[0]["per_slice"]) == 2
+    assert {"psnr_full", "ssim_full", "psnr_window", "psnr_soft", "ssim_soft"} <= set(rows[0]["per_slice"][0])
+    assert rows[0]["lpips_soft"] == "unavailable" and rows[0]["psnr_full"] == rows[1]["psnr_full"] > 20.0
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| ct.nii.gz | pil_bicubic | again |" in table and "+0.00 (+0.00)" in table
