@@ -98,6 +98,13 @@ def _sr_attr(sr_fn, name: str, default=None):
     return getattr(sr_fn, name, default)
 
 
+def _pinned(sr_fn, tiler: TiledSR, x: torch.Tensor):
+    """The whole image's global context for the tiles of ``x`` (B, C, h, w), when the SR callable has one
+    (``pinned_context``, a prior with ``context``) and ``x`` is tiled; else nothing to do."""
+    pin = _sr_attr(sr_fn, "pinned_context")
+    return pin(x) if pin is not None and tiler.n_tiles(*x.shape[-2:]) > 1 else contextlib.nullcontext()
+
+
 # ----------------------------------------------------------------------------------------------- volumes
 class SliceWiseInferencer:
     """Upscale a CT :class:`qdm_med.io.Volume` in-plane, axial slice by axial slice.
@@ -188,12 +195,14 @@ class SliceWiseInferencer:
 
         with autocast_context(self.device, self.amp):
             if self.seed is None:
-                out = self.tiler(call, x)
+                with _pinned(self.sr_fn, self.tiler, x):
+                    out = self.tiler(call, x)
             else:
-                out = torch.cat([
-                    self.tiler(SeededCall(self.sr_fn, self.seed, ids[b], x.device, collect, self._gen), x[b : b + 1])
-                    for b in range(x.shape[0])
-                ])
+                outs = []
+                for b in range(x.shape[0]):
+                    with _pinned(self.sr_fn, self.tiler, x[b : b + 1]):
+                        outs.append(self.tiler(SeededCall(self.sr_fn, self.seed, ids[b], x.device, collect, self._gen), x[b : b + 1]))
+                out = torch.cat(outs)
         return out.float().clamp(-1.0, 1.0)
 
     def infer(self, volume) -> tuple[Any, dict[str, Any]]:
@@ -365,10 +374,14 @@ def upscale_image(
         stack.enter_context(torch.inference_mode())
         with timer("forward", dev), autocast_context(dev, amp):
             if seed is None:
-                sr = tiler(call, batch, on_tile=on_tile)
+                with _pinned(sr_fn, tiler, batch):
+                    sr = tiler(call, batch, on_tile=on_tile)
             else:  # one stream per (seed, channel-image, tile), as for CT slices
-                sr = torch.cat([tiler(SeededCall(sr_fn, seed, b, dev, collect), batch[b : b + 1], on_tile=on_tile)
-                                for b in range(batch.shape[0])])
+                outs = []
+                for b in range(batch.shape[0]):
+                    with _pinned(sr_fn, tiler, batch[b : b + 1]):
+                        outs.append(tiler(SeededCall(sr_fn, seed, b, dev, collect), batch[b : b + 1], on_tile=on_tile))
+                sr = torch.cat(outs)
             sr = sr.float().clamp(-1.0, 1.0)
     if c == in_ch:
         sr = sr[0]

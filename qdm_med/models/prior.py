@@ -25,6 +25,7 @@ layer starts at zero, so a context prior starts as the same prior without it (``
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -86,6 +87,7 @@ class ResidualCNN(nn.Module):
         nn.init.zeros_(self.tail.bias)
         self.split = 1 if int(blocks) > 0 else 2  # the first layer: head conv, or conv + ReLU
         self.context = None
+        self._pinned: torch.Tensor | None = None  # the whole image's band energies (pinned_context)
         if int(context) > 0:
             self.context = nn.Sequential(nn.Linear(channels, int(context)), nn.ReLU(), nn.Linear(int(context), 2 * channels))
             nn.init.zeros_(self.context[-1].weight)
@@ -106,22 +108,47 @@ class ResidualCNN(nn.Module):
         )
         return int(batch) * pixels * per_pixel
 
-    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+    def _upsample(self, lr: torch.Tensor) -> torch.Tensor:
         up = bicubic_upsample(lr, self.scale).clamp(-1, 1)
         h, w = up.shape[-2:]
         if h % self.unshuffle or w % self.unshuffle:
             raise ValueError(f"SR size {h}x{w} is not divisible by the prior's unshuffle factor {self.unshuffle}")
+        return up
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        up = self._upsample(lr)
         feat = self.body[: self.split](F.pixel_unshuffle(up, self.unshuffle))
         if self.context is not None:
             feat = self.modulate(feat)
         res = F.pixel_shuffle(self.tail(self.body[self.split :](feat)), self.unshuffle)
         return (up + res).clamp(-1, 1)
 
+    @staticmethod
+    def _band_energy(feat: torch.Tensor) -> torch.Tensor:
+        return torch.log(F.relu(feat).mean(dim=(2, 3)) + 1e-4)
+
     def modulate(self, feat: torch.Tensor) -> torch.Tensor:
-        """FiLM of the first layer's features (B, F, H', W') by the image's log band energies (B, F)."""
-        energy = torch.log(F.relu(feat).mean(dim=(2, 3)) + 1e-4)
+        """FiLM of the first layer's features (B, F, H', W') by the image's log band energies (B, F): those
+        of ``feat`` itself, or the whole image's inside :meth:`pinned_context`."""
+        energy = self._band_energy(feat) if self._pinned is None else self._pinned
+        if energy.shape[0] != feat.shape[0]:
+            raise ValueError(f"pinned context of {energy.shape[0]} image(s) for a batch of {feat.shape[0]}")
         gamma, beta = self.context(energy).chunk(2, dim=1)
         return feat * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+
+    @contextlib.contextmanager
+    def pinned_context(self, lr: torch.Tensor):
+        """Inside the block every call modulates by the band energies of ``lr`` (B, C, h, w), the whole image,
+        instead of those of its own input: the tiles of an image then share the untiled image's modulation
+        (no-op without a context). Costs one first-layer pass over the whole image (B, F, H/4, W/4)."""
+        if self.context is None:
+            yield
+            return
+        self._pinned = self._band_energy(self.body[: self.split](F.pixel_unshuffle(self._upsample(lr), self.unshuffle)))
+        try:
+            yield
+        finally:
+            self._pinned = None
 
 
 def build_prior(settings: dict | None, scale: int, in_channels: int = 1) -> ResidualCNN | None:

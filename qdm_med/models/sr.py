@@ -22,6 +22,7 @@ mask density, active windows, MACs (QDM steps + decoder) and timings of the last
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -106,6 +107,17 @@ class QDMSuperResolution(nn.Module):
         if self.prior is not None:
             hr_multiple = math.lcm(hr_multiple, self.prior.unshuffle)
         return max(1, hr_multiple // math.gcd(hr_multiple, self.scale))
+
+    def pinned_context(self, lr: torch.Tensor):
+        """Context manager: every call inside it gives the prior's global context (when it has one) of the whole
+        LR batch ``lr`` (B, C, h, w) in [-1, 1], padded as :meth:`forward` pads it; the inferencers pin it
+        around the tiles of an image, so tiling does not change the fidelity mode's modulation."""
+        if self.prior is None or self.prior.context is None or self.start != "prior":
+            return contextlib.nullcontext()
+        m = self.prior.lr_multiple if self.steps == 0 else self.lr_multiple
+        h, w = lr.shape[-2:]
+        hp, wp = -(-h // m) * m, -(-w // m) * m
+        return self.prior.pinned_context(F.pad(lr, (0, wp - w, 0, hp - h), mode="replicate") if (hp, wp) != (h, w) else lr)
 
     def start_image(self, lr: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> (B, C, h*s, w*s) in [-1, 1]: the prior's prediction or bicubic (``start``)."""

@@ -63,7 +63,7 @@ def test_build_prior_from_settings_and_errors():
 
 
 # ------------------------------------------------------------------------ the SR module with a prior
-def _sr(prior=True, **kw):
+def _sr(prior=True, context=0, **kw):
     from model_doubles import random_model
 
     from qdm_med.diffusion import ResShiftDiffusion
@@ -74,8 +74,10 @@ def _sr(prior=True, **kw):
     p = None
     if prior:
         torch.manual_seed(1)
-        p = ResidualCNN(8, channels=8, blocks=1)
+        p = ResidualCNN(8, channels=8, blocks=1, context=context)
         torch.nn.init.normal_(p.tail.weight, std=0.05)
+        if context:
+            torch.nn.init.normal_(p.context[-1].weight, std=0.5)
     return QDMSuperResolution(fs, random_model(fs.latent_channels, 1), ResShiftDiffusion(), scale=8, prior=p, **kw).eval()
 
 
@@ -136,3 +138,35 @@ def test_context_prior_starts_as_the_plain_prior_and_sees_the_whole_image():
     assert gamma_beta.shape == (2, 16)
     with pytest.raises(ConfigError, match="context"):
         ResidualCNN(4, context=-1)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("seed", [None, 3])
+def test_tiles_share_the_whole_images_context(seed):
+    import numpy as np
+
+    from qdm_med.inference.volume import SliceWiseInferencer, upscale_image
+    from qdm_med.io import Volume
+
+    sr = _sr(context=4, steps=0, sampler="uniform")
+    rng = np.random.default_rng(0)
+    vol = Volume((rng.random((48, 40, 2)) * 1500 - 1000).astype(np.float32), np.eye(4), {})
+    vol.array[30:, :, :] = -1000.0  # an air strip: its tiles' own band energies differ from the image's
+    run = dict(progress=False, seed=seed, device="cpu", window=(-1024.0, 2048.0))
+    whole = SliceWiseInferencer(sr, 8, tile_size=None, **run).infer(vol)[0].array
+    tiled, stats = SliceWiseInferencer(sr, 8, tile_size=28, tile_overlap=12, **run).infer(vol)
+    assert stats["tiles_per_slice"] > 1 and sr.prior._pinned is None  # pinned only while the tiles run
+    np.testing.assert_allclose(tiled.array, whole, atol=0.05)  # HU
+    img = rng.random((1, 48, 40)).astype(np.float32)
+    np.testing.assert_allclose(upscale_image(img, sr, 8, tile_size=28, tile_overlap=12, progress=False, seed=seed),
+                               upscale_image(img, sr, 8, tile_size=None, progress=False, seed=seed), atol=1e-4)
+    # each tile with its own context (the behaviour before pinning) is visibly different
+    with torch.no_grad():
+        lr = torch.from_numpy(vol.array[:, :, 0].T.copy())[None, None] / 1536.0
+        own = torch.cat([sr.prior(lr[..., :, :24]), sr.prior(lr[..., :, 24:])], dim=-1)
+        with sr.pinned_context(lr):
+            pinned = torch.cat([sr.prior(lr[..., :, :24]), sr.prior(lr[..., :, 24:])], dim=-1)
+            with pytest.raises(ValueError, match="pinned context of 1 image"):
+                sr.prior(lr.expand(2, -1, -1, -1))
+    assert torch.allclose(pinned[..., :, :160], sr.prior(lr)[..., :, :160], atol=1e-5)  # 4 LR px from the cut
+    assert not torch.allclose(own, pinned, atol=1e-3)
