@@ -142,7 +142,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    torch.set_grad_enabled(False)
     lpips = load_lpips_or_none()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from script_loader import load_script
 
 
@@ -73,6 +74,7 @@ def test_main_scores_each_method_against_bicubic_with_the_project_scorer(region_
                                       "--method", "again:bicubic", "--lr-kinds", "pil_bicubic", "--out", str(tmp_path / "out")])
     monkeypatch.setattr("qdm_med.jobs.scoring.load_lpips_or_none", lambda *a, **k: None)  # scores without LPIPS weights
     region_eval.main()
+    assert torch.is_grad_enabled()  # the script leaves no global autograd state behind (later tests train)
     rows = json.loads((tmp_path / "out" / "rows.json").read_text())
     assert [r["method"] for r in rows] == ["bicubic", "again"] and len(rows[0]["per_slice"]) == 2
     assert {"psnr_full", "ssim_full", "psnr_window", "psnr_soft", "ssim_soft"} <= set(rows[0]["per_slice"][0])
