@@ -98,11 +98,12 @@ def _sr_attr(sr_fn, name: str, default=None):
     return getattr(sr_fn, name, default)
 
 
-def _pinned(sr_fn, tiler: TiledSR, x: torch.Tensor):
-    """The whole image's global context for the tiles of ``x`` (B, C, h, w), when the SR callable has one
-    (``pinned_context``, a prior with ``context``) and ``x`` is tiled; else nothing to do."""
+def _run_tiles(sr_fn, tiler: TiledSR, call, x: torch.Tensor, on_tile=None) -> torch.Tensor:
+    """``tiler(call, x)``; when ``x`` (B, C, h, w) is tiled and the SR callable has a global context
+    (``pinned_context``: a prior with ``context``), every tile gets the whole image's."""
     pin = _sr_attr(sr_fn, "pinned_context")
-    return pin(x) if pin is not None and tiler.n_tiles(*x.shape[-2:]) > 1 else contextlib.nullcontext()
+    with pin(x) if pin is not None and tiler.n_tiles(*x.shape[-2:]) > 1 else contextlib.nullcontext():
+        return tiler(call, x, on_tile=on_tile)
 
 
 # ----------------------------------------------------------------------------------------------- volumes
@@ -195,14 +196,13 @@ class SliceWiseInferencer:
 
         with autocast_context(self.device, self.amp):
             if self.seed is None:
-                with _pinned(self.sr_fn, self.tiler, x):
-                    out = self.tiler(call, x)
+                out = _run_tiles(self.sr_fn, self.tiler, call, x)
             else:
-                outs = []
-                for b in range(x.shape[0]):
-                    with _pinned(self.sr_fn, self.tiler, x[b : b + 1]):
-                        outs.append(self.tiler(SeededCall(self.sr_fn, self.seed, ids[b], x.device, collect, self._gen), x[b : b + 1]))
-                out = torch.cat(outs)
+                out = torch.cat([
+                    _run_tiles(self.sr_fn, self.tiler, SeededCall(self.sr_fn, self.seed, ids[b], x.device, collect, self._gen),
+                               x[b : b + 1])
+                    for b in range(x.shape[0])
+                ])
         return out.float().clamp(-1.0, 1.0)
 
     def infer(self, volume) -> tuple[Any, dict[str, Any]]:
@@ -374,14 +374,10 @@ def upscale_image(
         stack.enter_context(torch.inference_mode())
         with timer("forward", dev), autocast_context(dev, amp):
             if seed is None:
-                with _pinned(sr_fn, tiler, batch):
-                    sr = tiler(call, batch, on_tile=on_tile)
+                sr = _run_tiles(sr_fn, tiler, call, batch, on_tile)
             else:  # one stream per (seed, channel-image, tile), as for CT slices
-                outs = []
-                for b in range(batch.shape[0]):
-                    with _pinned(sr_fn, tiler, batch[b : b + 1]):
-                        outs.append(tiler(SeededCall(sr_fn, seed, b, dev, collect), batch[b : b + 1], on_tile=on_tile))
-                sr = torch.cat(outs)
+                sr = torch.cat([_run_tiles(sr_fn, tiler, SeededCall(sr_fn, seed, b, dev, collect), batch[b : b + 1], on_tile)
+                                for b in range(batch.shape[0])])
             sr = sr.float().clamp(-1.0, 1.0)
     if c == in_ch:
         sr = sr[0]

@@ -119,11 +119,15 @@ class ResidualCNN(nn.Module):
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         up = self._upsample(lr)
-        feat = self.body[: self.split](F.pixel_unshuffle(up, self.unshuffle))
+        feat = self._first_layer(up)
         if self.context is not None:
             feat = self.modulate(feat)
         res = F.pixel_shuffle(self.tail(self.body[self.split :](feat)), self.unshuffle)
         return (up + res).clamp(-1, 1)
+
+    def _first_layer(self, up: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) bicubic upsampling -> (B, F, H/u, W/u) features of the first layer (u = unshuffle)."""
+        return self.body[: self.split](F.pixel_unshuffle(up, self.unshuffle))
 
     @staticmethod
     def _band_energy(feat: torch.Tensor) -> torch.Tensor:
@@ -146,7 +150,7 @@ class ResidualCNN(nn.Module):
         if self.context is None:
             yield
             return
-        self._pinned = self._band_energy(self.body[: self.split](F.pixel_unshuffle(self._upsample(lr), self.unshuffle)))
+        self._pinned = self._band_energy(self._first_layer(self._upsample(lr)))
         try:
             yield
         finally:

@@ -114,10 +114,15 @@ class QDMSuperResolution(nn.Module):
         around the tiles of an image, so tiling does not change the fidelity mode's modulation."""
         if self.prior is None or self.prior.context is None or self.start != "prior":
             return contextlib.nullcontext()
-        m = self.prior.lr_multiple if self.steps == 0 else self.lr_multiple
+        return self.prior.pinned_context(self._pad(lr))
+
+    def _pad(self, lr: torch.Tensor) -> torch.Tensor:
+        """Replicate-pad (B, C, h, w) at the bottom/right to the LR stride this call needs: the prior's own in
+        fidelity mode (no diffusion), the latent's otherwise."""
+        m = (self.prior.lr_multiple if self.prior is not None else 1) if self.steps == 0 else self.lr_multiple
         h, w = lr.shape[-2:]
         hp, wp = -(-h // m) * m, -(-w // m) * m
-        return self.prior.pinned_context(F.pad(lr, (0, wp - w, 0, hp - h), mode="replicate") if (hp, wp) != (h, w) else lr)
+        return F.pad(lr, (0, wp - w, 0, hp - h), mode="replicate") if (hp, wp) != (h, w) else lr
 
     def start_image(self, lr: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> (B, C, h*s, w*s) in [-1, 1]: the prior's prediction or bicubic (``start``)."""
@@ -128,12 +133,7 @@ class QDMSuperResolution(nn.Module):
         if lr.ndim != 4 or lr.shape[1] != self.in_channels:
             raise ValueError(f"expected LR (B, {self.in_channels}, h, w), got {tuple(lr.shape)}")
         b, _, h, w = lr.shape
-        if self.steps == 0:  # no diffusion: only the prior's own stride matters
-            m = self.prior.lr_multiple if self.prior is not None else 1
-        else:
-            m = self.lr_multiple
-        hp, wp = -(-h // m) * m, -(-w // m) * m
-        lr_p = F.pad(lr, (0, wp - w, 0, hp - h), mode="replicate") if (hp, wp) != (h, w) else lr
+        lr_p = self._pad(lr)
         timings = {}
         t0 = time.perf_counter()
         if self.steps == 0:  # no diffusion: the prior's prediction (fidelity mode), deterministic
