@@ -85,9 +85,10 @@ def test_shipped_detail_mode_lowers_soft_tissue_lpips_on_the_held_out_region(tmp
     the detail fine-tune never trained on: LPIPS in the soft-tissue window lower by ``margin`` on every slice
     (x8 meets issue 16's 0.02; x4 only lowers it), PSNR still > bicubic + 0.5 dB."""
     from qdm_med.jobs.evaluate import evaluate
+    from qdm_med.training.api import recipe_of
 
     bundle = REPO / "bundles" / name
-    recipe = json.loads((bundle / "configs" / "train.json").read_text())["recipe"]
+    recipe = recipe_of(bundle)
     assert "train_detail_context" in recipe
     for stage in (s for s in recipe if s not in ("train", "train_base")):  # the base QDMs predate the detail mode
         holdout = json.loads((bundle / "configs" / f"{stage}.json").read_text())["data"].get("holdout") or []
