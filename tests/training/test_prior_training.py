@@ -213,10 +213,10 @@ def test_recipe_output_folder_holds_the_stages_and_links_them(tmp_path, ct_folde
 
 
 def test_shipped_recipes_are_valid_and_x8s_runs_stage_by_stage(tmp_path, ct_folder):
-    """The shipped recipes as ``qdm-med train BUNDLE`` reads them; x8's eight stages (prior, its annealed
+    """The shipped recipes as ``qdm-med train BUNDLE`` reads them; x8's ten stages (prior, its annealed
     continuation, its global-context continuation, window-level base, token-sparse fine-tune, LPIPS detail
-    fine-tune, its continuation on the two lung scans and on the context prior's start) on a tiny copy, each
-    stage starting from the one before."""
+    fine-tune, its continuation on the two lung scans and on the context prior's start, the context prior
+    refined and the detail QDM continued from its start) on a tiny copy, each stage starting from the one before."""
     from qdm_med.bundle import build_network
     from qdm_med.metrics.lpips_offline import build_lpips
     from qdm_med.training.api import recipe_of, train_recipe
@@ -224,7 +224,7 @@ def test_shipped_recipes_are_valid_and_x8s_runs_stage_by_stage(tmp_path, ct_fold
     recipes = {name: recipe_of(REPO / "bundles" / name) for name in ("qdm_ct_x4", "qdm_ct_x8", "qdm_natural_x4", "vae_ct")}
     stages = ["train_prior", "train_prior_anneal", "train_prior_context", "train", "train_detail", "train_detail_lungs",
               "train_detail_context"]
-    assert recipes["qdm_ct_x8"] == [*stages[:3], "train_base", *stages[3:]]
+    assert recipes["qdm_ct_x8"] == [*stages[:3], "train_base", *stages[3:], "train_prior_refine", "train_detail_refine"]
     assert recipes["qdm_ct_x4"] == [*stages, "train_prior_refine", "train_detail_refine"]
     assert recipes["qdm_natural_x4"] == ["train_prior", "train"]
     lp = tmp_path / "lpips.pt"
@@ -236,9 +236,9 @@ def test_shipped_recipes_are_valid_and_x8s_runs_stage_by_stage(tmp_path, ct_fold
         cfg["train"]["init_from"] = shipped["train"].get("init_from")
         (bundle / "configs" / f"{name}.json").write_text(json.dumps(cfg))
     result = train_recipe(bundle, data=ct_folder, max_steps=1, output=tmp_path / "out", quiet=True, device="cpu")
-    assert result["recipe"] == recipes["qdm_ct_x8"] and result["output"] == str(tmp_path / "out" / "qdm_ct_x8-train_detail_context")
-    state = torch.load(tmp_path / "out" / "qdm_ct_x8-train_detail_context" / "models" / "model.pt", weights_only=True)
+    assert result["recipe"] == recipes["qdm_ct_x8"] and result["output"] == str(tmp_path / "out" / "qdm_ct_x8-train_detail_refine")
+    state = torch.load(tmp_path / "out" / "qdm_ct_x8-train_detail_refine" / "models" / "model.pt", weights_only=True)
     build_network(bundle).load_state_dict(state, strict=True)  # the last stage's run is the bundle's network
-    context = torch.load(tmp_path / "out" / "qdm_ct_x8-train_prior_context" / "models" / "model.pt", weights_only=True)
-    assert any(k.startswith("context.") for k in context)
-    assert all(torch.equal(state["prior." + k], v) for k, v in context.items())  # it ships the context prior
+    refined = torch.load(tmp_path / "out" / "qdm_ct_x8-train_prior_refine" / "models" / "model.pt", weights_only=True)
+    assert any(k.startswith("context.") for k in refined)
+    assert all(torch.equal(state["prior." + k], v) for k, v in refined.items())  # it ships the refined context prior
