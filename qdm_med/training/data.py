@@ -93,15 +93,15 @@ def select_patients(records, patients):
     occur, every record is used; a data set holding only some of them is incomplete (ConfigError)."""
     if not patients:
         return records
-    present = {r.patient_id for r in records}
-    missing = sorted(set(patients) - present)
-    if len(missing) == len(set(patients)):
+    wanted, present = set(patients), {r.patient_id for r in records}
+    missing = sorted(wanted - present)
+    if len(missing) == len(wanted):
         logger.warning("data.patients %s are not in the data; using all of its %d patients", list(patients), len(present))
         return records
     if missing:
         raise ConfigError(f"data.patients {missing} are not in the data (patients: {', '.join(sorted(present))}); "
                           "run `qdm-med data fetch` to complete the corpus")
-    return [r for r in records if r.patient_id in set(patients)]
+    return [r for r in records if r.patient_id in wanted]
 
 
 def build_datasets(settings: dict, data=None, corpus: bool = False):
