@@ -14,6 +14,9 @@ Optional terms (``train`` settings, all 0 by default):
   (a QDM bundle's ``models/model.pt``) it fine-tunes a trained model instead of starting from scratch.
   ``lpips_windows``: the HU windows LPIPS looks through (mean over them; default the model window). CT's
   soft-tissue contrast spans ~13 % of the 3072-HU model window, so LPIPS there barely sees its texture.
+- QDM ``adversarial_weight``: the same patch-adversarial term on the decoded downstream prediction, through
+  ``adversarial_window`` (HU; default the model window). An MSE/LPIPS-trained x0 prediction is a conditional
+  mean and draws no texture; the adversary asks the detail mode for texture the HR has.
 - QDM ``t_final_prob``: probability that a sample trains at the prior's step t = T - 1 instead of a
   uniform step. The one-step sampler predicts x0 only there, while uniform steps spend 14 of 15 samples
   on steps where ``x_t`` already holds most of x0 (and the downstream stream learns to copy it).
@@ -80,7 +83,72 @@ def _lpips_loss(module, pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return module(pred, ref).mean()
 
 
-class VAEStage:
+def _adversary(settings: dict, in_channels: int, weight: float):
+    """The stage's ``PatchAdversary`` when ``train.adversarial_weight`` > 0, else None.
+
+    ``adversarial_start``: first step of the term; ``adversarial_lr``: the discriminator's (default
+    ``train.lr``); ``adversarial_window``: the HU window it looks through (default the model window: CT
+    grain of a few HU is invisible to it in the 3072-HU model window); ``adversarial_highpass``: the gain of
+    the high-pass channel it also sees (0: none)."""
+    if weight <= 0:
+        return None
+    from qdm_med.training.adversarial import PatchAdversary
+
+    t = settings["train"]
+    view = None
+    if t.get("adversarial_window"):
+        v = t["adversarial_window"]
+        if len(v) != 2 or not float(v[0]) < float(v[1]) or not settings.get("window"):
+            raise ConfigError(f"train.adversarial_window {v}: a [low, high] HU window (low < high) of a CT bundle")
+        model_window, view_window = settings["window"], (float(v[0]), float(v[1]))
+
+        def view(x: torch.Tensor) -> torch.Tensor:
+            return window_view(x, model_window, view_window)
+
+    highpass = float(t.get("adversarial_highpass", 0.0))
+    if not math.isfinite(highpass) or highpass < 0:
+        raise ConfigError(f"train.adversarial_highpass {highpass}: a gain >= 0 (0: the discriminator sees the view only)")
+    return PatchAdversary(in_channels, float(t.get("adversarial_lr") or t["lr"]), int(t.get("adversarial_start", 0)), view, highpass)
+
+
+def _add_adversarial(adversary, weight: float, loss: torch.Tensor, logs: dict, fake: torch.Tensor, real: torch.Tensor):
+    """``loss + weight * generator term`` once the adversary is on; (loss, logs)."""
+    if adversary is None or not adversary.active:
+        return loss, logs
+    g = adversary.generator_loss(fake, real)
+    logs["adv_g"] = float(g.detach())
+    return loss + weight * g, logs
+
+
+class _AdversaryHooks:
+    """The training loop's hooks for a stage's optional ``self.adversary`` (a ``PatchAdversary`` or None)."""
+
+    adversary = None
+
+    @property
+    def discriminator(self):
+        return None if self.adversary is None else self.adversary.discriminator
+
+    def set_world(self, world: int) -> None:
+        """Data-parallel training: one discriminator on every rank (the loop wraps the stage's model in DDP)."""
+        if self.adversary is not None:
+            self.adversary.set_world(world)
+
+    def after_step(self) -> dict:
+        """Train the discriminator on the last batch (HR vs the stage's prediction); returns its logs."""
+        return {} if self.adversary is None else self.adversary.update()
+
+    def extra_state(self) -> dict | None:
+        """What exact resume needs besides the trained module (discriminator, its optimizer and step)."""
+        return None if self.adversary is None else {"step": self.adversary.step, **self.adversary.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        if self.adversary is not None:
+            self.adversary.step = int(state.get("step", 0))
+            self.adversary.load_state_dict(state)
+
+
+class VAEStage(_AdversaryHooks):
     """Stage 1: L1 reconstruction + ``kl_weight`` x KL of the KL-VAE."""
 
     name = "vae"
@@ -94,46 +162,13 @@ class VAEStage:
         self.adversarial_weight = float(t.get("adversarial_weight", 0.0))
         self.adversarial_start = int(t.get("adversarial_start", 0))
         self.lpips = _lpips_module(settings) if self.perceptual_weight > 0 else None
-        self.discriminator = self.d_opt = None
-        if self.adversarial_weight > 0:
-            from monai.losses import PatchAdversarialLoss
-            from monai.networks.nets import PatchDiscriminator
-
-            self.discriminator = PatchDiscriminator(spatial_dims=2, channels=32, in_channels=self.model.in_channels, num_layers_d=3)
-            self.d_opt = torch.optim.AdamW(self.discriminator.parameters(), lr=float(t["lr"]), betas=(0.5, 0.9))
-            self.adv_loss = PatchAdversarialLoss(criterion="least_squares")
-        self.step = 0
-        self.world = 1
-        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def set_world(self, world: int) -> None:
-        """Data-parallel training: the discriminator starts from rank 0's weights and its gradients are
-        averaged over ranks on every update (the autoencoder itself is wrapped in DDP by the loop)."""
-        self.world = int(world)
-        if self.world > 1 and self.discriminator is not None:
-            import torch.distributed as dist
-
-            for t in [*self.discriminator.parameters(), *self.discriminator.buffers()]:
-                dist.broadcast(t.data, src=0)
-
-    def _sync_discriminator(self) -> None:
-        import torch.distributed as dist
-
-        for p in self.discriminator.parameters():
-            if p.grad is not None:
-                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                p.grad /= self.world
-        for b in self.discriminator.buffers():  # batch-norm statistics: rank 0's, as DDP does for modules
-            dist.broadcast(b.data, src=0)
+        self.adversary = _adversary(settings, self.model.in_channels, self.adversarial_weight)
 
     def to(self, device) -> "VAEStage":
-        for m in (self.lpips, self.discriminator):
+        for m in (self.lpips, self.adversary):
             if m is not None:
                 m.to(device)
         return self
-
-    def _adversarial_on(self) -> bool:
-        return self.discriminator is not None and self.step >= self.adversarial_start
 
     def loss(self, model: nn.Module, hr: torch.Tensor, lr: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         inner = getattr(model, "module", model)  # DDP wraps the module; call the wrapper so gradients sync
@@ -146,41 +181,7 @@ class VAEStage:
         if self.lpips is not None:
             p = _lpips_loss(self.lpips, rec, hr)
             loss, logs["perceptual"] = loss + self.perceptual_weight * p, float(p.detach())
-        if self._adversarial_on():
-            g = self.adv_loss(self.discriminator(rec.contiguous().float())[-1], target_is_real=True, for_discriminator=False)
-            loss, logs["adv_g"] = loss + self.adversarial_weight * g, float(g.detach())
-        self._last = (hr.detach(), rec.detach())
-        return loss, logs
-
-    def after_step(self) -> dict:
-        """Train the discriminator on the last batch (real HR vs reconstruction); returns its logs."""
-        self.step += 1
-        if not self._adversarial_on() or self._last is None:
-            return {}
-        hr, rec = self._last
-        real = self.adv_loss(self.discriminator(hr.contiguous())[-1], target_is_real=True, for_discriminator=True)
-        fake = self.adv_loss(self.discriminator(rec.contiguous())[-1], target_is_real=False, for_discriminator=True)
-        d_loss = 0.5 * (real + fake)
-        self.d_opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        if self.world > 1:
-            self._sync_discriminator()
-        self.d_opt.step()
-        return {"adv_d": float(d_loss.detach())}
-
-    def extra_state(self) -> dict:
-        """What exact resume needs besides the trained module (discriminator and its optimizer)."""
-        out: dict = {"step": self.step}
-        if self.discriminator is not None:
-            out["discriminator"] = self.discriminator.state_dict()
-            out["d_opt"] = self.d_opt.state_dict()
-        return out
-
-    def load_extra_state(self, state: dict) -> None:
-        self.step = int(state.get("step", 0))
-        if self.discriminator is not None and "discriminator" in state:
-            self.discriminator.load_state_dict(state["discriminator"])
-            self.d_opt.load_state_dict(state["d_opt"])
+        return _add_adversarial(self.adversary, self.adversarial_weight, loss, logs, rec, hr)
 
     @torch.no_grad()
     def validate(self, model: nn.Module, val: list[dict], device) -> dict:
@@ -197,7 +198,7 @@ class VAEStage:
         return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-class QDMStage:
+class QDMStage(_AdversaryHooks):
     """Stage 2: dual-loss x0 prediction of the masked residual-shift process on a frozen first stage."""
 
     name = "qdm"
@@ -230,6 +231,8 @@ class QDMStage:
             raise ConfigError(f"train.t_final_prob {self.t_final_prob}: must be in [0, 1]")
         self.lpips = _lpips_module(settings) if self.lpips_weight > 0 else None
         self.lpips_windows = _lpips_windows(settings)
+        self.adversarial_weight = float(t.get("adversarial_weight", 0.0))
+        self.adversary = _adversary(settings, int(settings["in_channels"]), self.adversarial_weight)
         if t.get("init_from"):
             self._init_from(resolve_weights_path(t["init_from"], settings["bundle_dir"]))
 
@@ -270,8 +273,9 @@ class QDMStage:
         self.first_stage.to(device)
         if self.prior is not None:
             self.prior.to(device)
-        if self.lpips is not None:
-            self.lpips.to(device)
+        for m in (self.lpips, self.adversary):
+            if m is not None:
+                m.to(device)
         return self
 
     def loss(self, model: nn.Module, hr: torch.Tensor, lr: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
@@ -295,10 +299,13 @@ class QDMStage:
             kwargs["token_mask"] = token_mask
         out = self.diffusion.training_loss(model, x0, y, cond, mask, t, noise=noise, l1=self.l1, l2=self.l2, model_kwargs=kwargs or None)
         loss, logs = out["loss"], {"mse_down": float(out["mse_down"]), "mse_up": float(out["mse_up"])}
-        if self.lpips is not None:  # fine-tune term on the decoded downstream prediction
-            p = self._lpips_term(self.first_stage.decode(out["down"]).clamp(-1, 1), hr)
+        if self.lpips is None and self.adversary is None:
+            return loss, logs
+        pred = self.first_stage.decode(out["down"]).clamp(-1, 1)  # fine-tune terms on the decoded downstream prediction
+        if self.lpips is not None:
+            p = self._lpips_term(pred, hr)
             loss, logs["lpips"] = loss + self.lpips_weight * p, float(p.detach())
-        return loss, logs
+        return _add_adversarial(self.adversary, self.adversarial_weight, loss, logs, pred, hr)
 
     def _lpips_term(self, pred: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         """LPIPS of (B, C, H, W) predictions against the HR, averaged over ``lpips_windows``."""
