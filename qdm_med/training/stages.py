@@ -160,7 +160,6 @@ class VAEStage(_AdversaryHooks):
         self.kl_weight = float(t["kl_weight"])
         self.perceptual_weight = float(t.get("perceptual_weight", 0.0))
         self.adversarial_weight = float(t.get("adversarial_weight", 0.0))
-        self.adversarial_start = int(t.get("adversarial_start", 0))
         self.lpips = _lpips_module(settings) if self.perceptual_weight > 0 else None
         self.adversary = _adversary(settings, self.model.in_channels, self.adversarial_weight)
 

@@ -58,8 +58,8 @@ def _lpips_file(tmp_path):
 
 def test_qdm_adversarial_term_resumes_exactly(tmp_path, ct_folder):
     extra = {"train": {"adversarial_weight": 0.05, "adversarial_start": 1, "adversarial_window": [-160.0, 240.0],
-                       "lpips_weight": 0.5, "lpips_path": str(_lpips_file(tmp_path)), "checkpoint_every": 1, "log_every": 1,
-                       "validate_every": 100, "warmup": 0}}
+                       "adversarial_highpass": 8.0, "lpips_weight": 0.5, "lpips_path": str(_lpips_file(tmp_path)),
+                       "checkpoint_every": 1, "log_every": 1, "validate_every": 100, "warmup": 0}}
     bundle = tiny_bundle(tmp_path, "qdm_ct_x8", extra)
     train_bundle(bundle, data=ct_folder, max_steps=4, output=tmp_path / "full", quiet=True, device="cpu")
     train_bundle(bundle, data=ct_folder, max_steps=2, output=tmp_path / "part", quiet=True, device="cpu")
@@ -72,6 +72,8 @@ def test_qdm_adversarial_term_resumes_exactly(tmp_path, ct_folder):
         assert torch.equal(a["model"][k], b["model"][k]), k
     for k in a["extra"]["discriminator"]:
         assert torch.equal(a["extra"]["discriminator"][k], b["extra"]["discriminator"][k]), k
+    first_conv = next(v for k, v in a["extra"]["discriminator"].items() if v.ndim == 4)
+    assert first_conv.shape[1] == 2  # the gray view and its high-pass channel
 
 
 def test_qdm_without_adversary_keeps_a_plain_checkpoint(tmp_path, ct_folder):
@@ -80,8 +82,8 @@ def test_qdm_without_adversary_keeps_a_plain_checkpoint(tmp_path, ct_folder):
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["extra"] is None
 
 
-@pytest.mark.parametrize("window", [[240.0, -160.0], [0.0]])
-def test_bad_adversarial_window_is_a_clear_error(tmp_path, ct_folder, window):
-    bundle = tiny_bundle(tmp_path, "qdm_ct_x8", {"train": {"adversarial_weight": 0.1, "adversarial_window": window}})
-    with pytest.raises(ConfigError, match="adversarial_window"):
+@pytest.mark.parametrize("bad", [{"adversarial_window": [240.0, -160.0]}, {"adversarial_window": [0.0]}, {"adversarial_highpass": -1.0}])
+def test_bad_adversarial_setting_is_a_clear_error(tmp_path, ct_folder, bad):
+    bundle = tiny_bundle(tmp_path, "qdm_ct_x8", {"train": {"adversarial_weight": 0.1, **bad}})
+    with pytest.raises(ConfigError, match=next(iter(bad))):
         train_bundle(bundle, data=ct_folder, max_steps=1, output=tmp_path / "run", quiet=True, device="cpu")
