@@ -85,7 +85,7 @@ def run_bench(
         "sparsity": "token" if getattr(ctx.pipeline.qdm, "token_sparse", False) else "window",
     }
     jobs = {
-        "threshold": lambda: {"threshold_sweep": S.threshold_sweep(ctx)},
+        "threshold": lambda: {"threshold_sweep": S.threshold_sweep(ctx, S.sweep_thresholds(ctx.defaults["threshold"]))},
         "samplers": lambda: {"sampler_sweep": S.sampler_sweep(ctx)},
         "scaling": lambda: {"slice_scaling": S.slice_scaling(ctx), "volume_scaling": S.volume_scaling(ctx)},
         "gather": lambda: {"gather_vs_loop": S.gather_vs_loop(ctx)},

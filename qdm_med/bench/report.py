@@ -33,6 +33,7 @@ def check_targets(results: dict) -> dict:
     out: dict[str, Any] = {}
     thr = results.get("defaults", {}).get("threshold")
     sweep = [r for r in results.get("threshold_sweep", []) if r.get("threshold") is not None]
+    # the row at the default threshold (the sweep includes it; nearest for results written before it did)
     at = min(sweep, key=lambda r: abs(r["threshold"] - thr), default=None) if thr is not None else None
     if at is not None:
         out["sparse_speedup_at_default"] = at["speedup_vs_dense"]

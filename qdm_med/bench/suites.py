@@ -37,7 +37,7 @@ from qdm_med.errors import ConfigError
 
 __all__ = [
     "BenchContext", "prepare_context", "threshold_sweep", "sampler_sweep", "slice_scaling", "volume_scaling",
-    "gather_vs_loop", "end_to_end", "THRESHOLDS", "SAMPLER_SETTINGS",
+    "gather_vs_loop", "end_to_end", "THRESHOLDS", "SAMPLER_SETTINGS", "sweep_thresholds",
 ]
 
 #: the sweep of issue 7 (the full mask is the dense path, listed separately)
@@ -192,6 +192,11 @@ def _timed(ctx: BenchContext, fn: Callable[[], object], n_items: int, warmup: in
 
 
 # ------------------------------------------------------------------------------------------- 1. threshold
+def sweep_thresholds(default: float | None) -> tuple[float, ...]:
+    """:data:`THRESHOLDS` plus the operating point's own threshold (so its targets are read at it), ascending."""
+    return tuple(sorted({*THRESHOLDS, *([] if default is None else [float(default)])}))
+
+
 def threshold_sweep(ctx: BenchContext, thresholds: Sequence[float] = THRESHOLDS) -> list[dict]:
     """Rows for the full mask (dense path) and each threshold (sparse path; dense time on the same mask)."""
     lr = ctx.to_model(ctx.lr_hu)

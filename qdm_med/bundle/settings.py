@@ -23,7 +23,7 @@ DEFAULTS = {
     "first_stage": {"kind": "pixel_unshuffle"},
     "model": {"config": "cpu_small"},
     "diffusion": {"T": 15, "kappa": 2.0, "min_noise_level": 0.04, "etas_end": 0.99, "power": 0.3, "start": "bicubic"},
-    "sampling": {"sampler": "uniform", "steps": 1, "threshold": 0.15},  # what the shipped bundles sample with
+    "sampling": {"sampler": "uniform", "steps": 1, "threshold": 0.15},  # for a bundle without its own (the CT bundles set theirs)
     "data": {"kind": "ct", "hr_size": 512, "crop_size": 128, "preset": "medical", "val_fraction": 0.1, "holdout": None, "patients": None,
              "min_foreground": 0.05, "flips": True, "val_slices": 4},
     "train": {"steps": 2000, "batch_size": 8, "lr": 2e-4, "weight_decay": 0.0, "ema_decay": 0.999, "loss_weights": [1.0, 1.0],

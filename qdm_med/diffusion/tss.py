@@ -161,10 +161,13 @@ def local_variance_map(lr, field: int = 33) -> torch.Tensor:
     h, w = g.shape[-2:]
     rh, rw = min(field // 2, h - 1), min(field // 2, w - 1)
     p = _reflect(g, rh, rw)
-    kernel = (2 * rh + 1, 2 * rw + 1)
-    mean = F.avg_pool2d(p, kernel, stride=1)
-    mean_sq = F.avg_pool2d(p * p, kernel, stride=1)
+    mean, mean_sq = (_box_mean(q, 2 * rh + 1, 2 * rw + 1) for q in (p, p * p))
     return (mean_sq - mean * mean).clamp(min=0.0)
+
+
+def _box_mean(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    """Valid ``kh`` x ``kw`` box mean of (B, C, H, W), as two 1-D passes (the same sums; O(kh + kw) per pixel)."""
+    return F.avg_pool2d(F.avg_pool2d(x, (kh, 1), stride=1), (1, kw), stride=1)
 
 
 def _gauss1d(sigma: float, radius: int, like: torch.Tensor) -> torch.Tensor:

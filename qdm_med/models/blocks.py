@@ -8,6 +8,7 @@ give exactly the per-sample result.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -321,16 +322,21 @@ class ValidConvResBlock(nn.Module):
 
 def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, offset: tuple[int, int] = (0, 0)) -> torch.Tensor:
     """(grid_h * grid_w, dim) fixed 2D sin-cos embedding (MAE/DiT form) for any rectangular grid whose
-    first row/column sit at positions ``offset`` (a crop of a larger grid)."""
+    first row/column sit at positions ``offset`` (a crop of a larger grid). A fresh tensor per call; the
+    table itself is computed once per (dim, grid, offset) (every sampling step asks for the same one)."""
     if dim % 4:
         raise ValueError(f"embedding size {dim} must be divisible by 4")
+    oy, ox = (float(o) for o in offset)
+    return _sincos_table(int(dim), int(grid_h), int(grid_w), oy, ox).clone()
 
+
+@functools.lru_cache(maxsize=32)
+def _sincos_table(dim: int, grid_h: int, grid_w: int, oy: float, ox: float) -> torch.Tensor:
     def one_d(d: int, pos: np.ndarray) -> np.ndarray:
         omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
         out = np.outer(pos.reshape(-1), omega)
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
-    oy, ox = (float(o) for o in offset)
     gy, gx = np.meshgrid(oy + np.arange(grid_h, dtype=np.float64), ox + np.arange(grid_w, dtype=np.float64), indexing="ij")
     emb = np.concatenate([one_d(dim // 2, gy), one_d(dim // 2, gx)], axis=1)
     return torch.from_numpy(emb).float()

@@ -62,12 +62,14 @@ def count_macs_hooks(module: nn.Module, *inputs, method: str = "forward", **kwar
 
 
 def qdm_macs(model, latent_hw, active_windows: int, batch: int, per_token_t: bool = False,
-         active_tokens: int | None = None, active_units: int | None = None, attention_pairs: int | None = None) -> int:
+         active_tokens: int | None = None, active_units: int | None = None, attention_pairs: int | None = None,
+         detail_dense: bool = False) -> int:
     """Exact multiply-accumulates of one sparse call: linear layers, convolutions and attention matmuls
     (QK^T and AV), for the upstream on the padded latent and the downstream on ``active_windows``
     windows, of which ``active_tokens`` tokens are computed (default: all 64 of each) and
     ``active_units`` detail units (default: every unit of the windows), with ``attention_pairs``
-    query-key pairs per head in the window self-attention (default: each window's full 64 x 64).
+    query-key pairs per head in the window self-attention (default: each window's full 64 x 64);
+    ``detail_dense``: the detail branch ran once over the whole padded image (``active_units`` ignored).
     Norms, activations, softmax and the LR resize are not counted (they are not MACs)."""
     h, w = int(latent_hw[0]), int(latent_hw[1])
     hp, wp = -(-h // model.multiple) * model.multiple, -(-w // model.multiple) * model.multiple
@@ -102,9 +104,13 @@ def qdm_macs(model, latent_hw, active_windows: int, batch: int, per_token_t: boo
     pairs = a * tw * tw if attention_pairs is None else int(attention_pairs)
     total += model.down_depth * (n * per_token + 2 * pairs * dd)  # + QK^T and AV on the windows' grids
     total += n * dd * model.down_patch**2 * cz  # final layer
-    if model.detail is not None:  # valid 3x3 convolutions per unit: the side shrinks by 2 each
+    if model.detail is not None:  # valid 3x3 convolutions per unit (or over the image): the sides shrink by 2 each
         fc, side = model.detail_channels, model.DETAIL_UNIT * model.down_patch + 2 * model.detail_halo
         convs = [(cin + 1, fc)] + [(fc, fc)] * (2 * model.detail_blocks + 1) + [(fc, cz)]
         for i, (ci, co) in enumerate(convs, start=1):
-            total += units * 9 * (side - 2 * i) ** 2 * ci * co
+            if detail_dense:
+                r = 2 * model.detail_halo - 2 * i
+                total += batch * 9 * (hp + r) * (wp + r) * ci * co
+            else:
+                total += units * 9 * (side - 2 * i) ** 2 * ci * co
     return int(total)

@@ -82,6 +82,10 @@ class DualStreamQDM(nn.Module):
     ADDED_BY_DETAIL_BLOCKS = "detail.res."
     #: side, in tokens, of the units the sparse path computes the detail branch on (divides the window)
     DETAIL_UNIT = 2
+    #: above this fraction of active units the sparse path runs the detail branch over the whole image:
+    #: a unit's halo'd block costs 2.4x its own pixels (halo 3), and one large convolution needs no gather
+    #: (the same pixels; measured break-even on a 2-core CPU about 0.3, x8 at the shipped threshold)
+    DENSE_DETAIL_DENSITY = 0.3
     #: grid lengths of the token-sparse self-attention: a window attends on the shortest holding its tokens
     ATTENTION_LENGTHS = (16, 32)
 
@@ -368,14 +372,17 @@ class DualStreamQDM(nn.Module):
         active_tokens: int | None = None,
         active_units: int | None = None,
         attention_pairs: int | None = None,
+        detail_dense: bool = False,
     ) -> int:
         """Exact multiply-accumulates of one sparse call: linear layers, convolutions and attention matmuls
         (QK^T and AV), for the upstream on the padded latent and the downstream on ``active_windows``
         windows, of which ``active_tokens`` tokens are computed (default: all 64 of each) and
         ``active_units`` detail units (default: every unit of the windows), with ``attention_pairs``
-        query-key pairs per head in the window self-attention (default: each window's full 64 x 64).
+        query-key pairs per head in the window self-attention (default: each window's full 64 x 64);
+        ``detail_dense``: the detail branch ran once over the whole padded image instead of on units.
         Norms, activations, softmax and the LR resize are not counted (they are not MACs)."""
-        return qdm_macs(self, latent_hw, active_windows, batch, per_token_t, active_tokens, active_units, attention_pairs)
+        return qdm_macs(self, latent_hw, active_windows, batch, per_token_t, active_tokens, active_units, attention_pairs,
+                        detail_dense)
 
     def extra_repr(self) -> str:
         return (

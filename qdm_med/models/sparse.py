@@ -99,13 +99,18 @@ def run_tokens(model, patches: torch.Tensor, wid: torch.Tensor, pos: torch.Tenso
     return model.down_final(tok, mod=final_mod[None])[0].view(-1, p, p, model.latent_channels)
 
 
-def detail_units(model, x: torch.Tensor, t: torch.Tensor, tok_mask: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, int]:
+def detail_units(model, x: torch.Tensor, t: torch.Tensor, tok_mask: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, int, bool]:
     """The detail branch on the units (DETAIL_UNIT tokens square) holding an active token -> (pixels
-    (B, Cz, Hp, Wp), zero elsewhere; number of units computed)."""
+    (B, Cz, Hp, Wp), zero elsewhere; number of units computed; whether it ran over the whole image).
+
+    Above ``model.DENSE_DETAIL_DENSITY`` active units it runs once over the whole image instead (the same
+    pixels on the active units: its valid convolutions do not depend on where the image is cut)."""
     b, _, hp, wp = x.shape
     u = model.DETAIL_UNIT
     px = u * model.down_patch
     units = F.max_pool2d(tok_mask[:, None].float(), u)[:, 0] > 0  # (B, nuh, nuw)
+    if float(units.float().mean()) > model.DENSE_DETAIL_DENSITY:
+        return model.detail(model._detail_input(x, t)), int(units.numel()), True
     ids = torch.nonzero(units)
     out = x.new_zeros(b, hp // px, wp // px, model.latent_channels, px, px)
     # the input and timestep channel once, channels-last (B, Hp, Wp, Cin+1): a unit's halo'd block is
@@ -119,7 +124,7 @@ def detail_units(model, x: torch.Tensor, t: torch.Tensor, tok_mask: torch.Tensor
         rows = (ui[:, None] * px + offsets).clamp_(0, hp - 1)
         cols = (uj[:, None] * px + offsets).clamp_(0, wp - 1)
         out[bi, ui, uj] = model.detail(z[bi[:, None, None], rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2))
-    return out.permute(0, 3, 1, 4, 2, 5).reshape(b, model.latent_channels, hp, wp), int(ids.shape[0])
+    return out.permute(0, 3, 1, 4, 2, 5).reshape(b, model.latent_channels, hp, wp), int(ids.shape[0]), False
 
 
 def forward_sparse(model, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: torch.Tensor | None, chunk_size: int = 64):
@@ -141,7 +146,7 @@ def forward_sparse(model, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: t
     win_tok = model._windows(tok_mask[:, None], model.window).flatten(1)  # (B*nWin, 64) bool
     idx = torch.nonzero(win_tok.any(1)).flatten()
     nwin = (hp // model.win_px) * (wp // model.win_px)
-    pred, n_tokens, n_units, pairs = up, 0, 0, 0
+    pred, n_tokens, n_units, pairs, detail_dense = up, 0, 0, 0, False
     if idx.numel() > 0:
         nwin, pos_w, kvs, mods, t_tok = model._down_setup(x, t, hidden)
         # (B*nWin, 8, 8, Cin, p, p) view: every token's input patch, copied only when gathered
@@ -163,7 +168,7 @@ def forward_sparse(model, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: t
             wp,
         )
         if model.detail is not None:
-            detail, n_units = detail_units(model, x, t, tok_mask, chunk_size)
+            detail, n_units, detail_dense = detail_units(model, x, t, tok_mask, chunk_size)
             down = down + detail
         m = F.interpolate(tok_mask[:, None].float(), scale_factor=p, mode="nearest") > 0.5
         pred = torch.where(m, down, up)
@@ -175,7 +180,8 @@ def forward_sparse(model, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: t
         "total_tokens": int(tok_mask.numel()),
         "active_units": n_units,
         "macs": model.macs(
-            (h, w), int(idx.numel()), b, per_token_t=t.ndim == 4, active_tokens=n_tokens, active_units=n_units, attention_pairs=pairs
+            (h, w), int(idx.numel()), b, per_token_t=t.ndim == 4, active_tokens=n_tokens, active_units=n_units, attention_pairs=pairs,
+            detail_dense=detail_dense,
         ),
     }
     return pred[..., :h, :w], info

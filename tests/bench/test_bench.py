@@ -92,6 +92,14 @@ def test_check_targets_reads_the_default_threshold_row(speedup, gather, slope, m
     assert t["psnr_within_0.1_of_full"] is True
 
 
+def test_the_sweep_includes_the_default_threshold():
+    from qdm_med.bench.suites import THRESHOLDS, sweep_thresholds
+
+    assert sweep_thresholds(0.15) == THRESHOLDS  # already in the sweep
+    assert sweep_thresholds(0.2) == (0.0, 0.05, 0.15, 0.2, 0.3, 0.6, 0.9)
+    assert sweep_thresholds(None) == THRESHOLDS
+
+
 def test_markdown_and_plots_from_results(tmp_path):
     res = _synthetic(3.2, 2.5, 1.0)
     res.update(

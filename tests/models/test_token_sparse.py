@@ -102,6 +102,24 @@ def test_token_sparse_macs_equal_hook_count_and_shrink_with_tokens(per_token_t, 
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("per_token_t", [False, True])
+def test_detail_branch_over_the_whole_image_equals_units(per_token_t, monkeypatch):
+    """Above DENSE_DETAIL_DENSITY active units the detail branch runs once over the image: the same pixels,
+    and the MAC count follows the path taken."""
+    m, x, t, lr, tok = token_case((8, 1), per_token_t, seed=3)
+    cls = type(m)
+    monkeypatch.setattr(cls, "DENSE_DETAIL_DENSITY", 1.0)  # never dense: units
+    pred_units, info_units = m.forward_sparse(x, t, lr, tok)
+    hooks_units = count_macs_hooks(m, x, t, lr, tok, method="forward_sparse")
+    monkeypatch.setattr(cls, "DENSE_DETAIL_DENSITY", 0.0)  # any active unit: the whole image
+    pred_dense, info_dense = m.forward_sparse(x, t, lr, tok)
+    torch.testing.assert_close(pred_dense, pred_units, atol=1e-5, rtol=1e-5)
+    assert info_dense["active_units"] == 2 * 8 * 12 > info_units["active_units"] > 0
+    assert info_units["macs"] == hooks_units != info_dense["macs"]
+    assert info_dense["macs"] == count_macs_hooks(m, x, t, lr, tok, method="forward_sparse")
+
+
+@torch.no_grad()
 def test_empty_token_mask_runs_no_downstream():
     m = token_model(detail_channels=8)
     x, t, lr = inputs()
