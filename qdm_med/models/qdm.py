@@ -29,7 +29,8 @@ Sparsity comes in two granularities (``token_sparse``):
   Everything else in a block is per token. Models must be trained this way (``forward(token_mask=)``).
 
 The convolutional detail branch is computed on units of 2x2 tokens holding an active token, whatever the
-granularity: its valid convolutions give the same pixels wherever they are cut.
+granularity (or over the whole image when most units are active): its valid convolutions give the same pixels
+wherever they are cut.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@
 chunk of at most ``chunk_size`` windows), packs their tokens (all 64 with window sparsity, the active ones
 with token sparsity, grouped by attention length), runs the downstream on them, scatters the pixels back
 and blends ``down * m + up * (1 - m)``. The detail branch runs on the 2x2-token units holding an active
-token, gathered with their halo. ``forward_window_loop`` is the reference implementation's Python loop
-over windows, the oracle of the tests and the baseline of the gather benchmark.
+token, gathered with their halo, or once over the whole image when more than ``DENSE_DETAIL_DENSITY`` of the
+units are active (the same pixels; faster there, though fewer MACs only above about 41%).
+``forward_window_loop`` is the reference implementation's Python loop over windows, the oracle of the tests
+and the baseline of the gather benchmark.
 
 Every function takes the model as its first argument and reads its layers and sizes; shapes use the
 model's notation: Cz latent channels, Cin = Cz + LR channels, Hp x Wp padded latent, Dd downstream width.
