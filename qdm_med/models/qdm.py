@@ -260,6 +260,11 @@ class DualStreamQDM(nn.Module):
         r = self.detail_halo
         return F.pad(torch.cat([x, self._t_channel(x, t)], dim=1), (r, r, r, r), mode="replicate")
 
+    def _detail_whole(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The detail branch once over the whole padded image -> (B, Cz, Hp, Wp) (the dense path's, and the sparse
+        path's when most units are active)."""
+        return self.detail(self._detail_input(x, t))
+
     def _attention_mask(self, win_mask: torch.Tensor | None) -> torch.Tensor | None:
         """Window self-attention mask (n, 1, 64, 64) from the windows' token masks (n, 64): with token
         sparsity a token attends to the tokens on its side of the mask; None for window sparsity."""
@@ -350,7 +355,7 @@ class DualStreamQDM(nn.Module):
         down = self._run_windows(tok, ids // nwin, ids % nwin, kvs, mods, t_tok, pos_w, attn_mask=attn_mask)
         down = self._unwindows(down, b, hp, wp)
         if self.detail is not None:  # once over the whole padded image: the same pixels as every window + halo
-            down = down + self.detail(self._detail_input(x, t))
+            down = down + self._detail_whole(x, t)
         skip = self._skip(x)
         down, up = down + skip, up + skip
         return down[..., :h, :w], up[..., :h, :w]

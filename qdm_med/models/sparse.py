@@ -112,7 +112,7 @@ def detail_units(model, x: torch.Tensor, t: torch.Tensor, tok_mask: torch.Tensor
     px = u * model.down_patch
     units = F.max_pool2d(tok_mask[:, None].float(), u)[:, 0] > 0  # (B, nuh, nuw)
     if float(units.float().mean()) > model.DENSE_DETAIL_DENSITY:
-        return model.detail(model._detail_input(x, t)), int(units.numel()), True
+        return model._detail_whole(x, t), int(units.numel()), True
     ids = torch.nonzero(units)
     out = x.new_zeros(b, hp // px, wp // px, model.latent_channels, px, px)
     # the input and timestep channel once, channels-last (B, Hp, Wp, Cin+1): a unit's halo'd block is
