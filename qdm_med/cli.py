@@ -65,7 +65,8 @@ class Mode(str, Enum):
     detail = "detail"
 
 
-MODE_HELP = "fidelity (the bundle's default: deterministic, best PSNR) or detail (few-step TSS: finer texture, lower LPIPS)."
+MODE_HELP = ("fidelity (the bundle's default: deterministic, best PSNR) or detail (the bundle's detail section: x8 few-step TSS, "
+             "x4 one deterministic full-mask step; finer texture, lower LPIPS).")
 
 
 def _setup_logging(quiet: bool, verbose: bool = False) -> None:

@@ -61,7 +61,9 @@ def markdown_report(results: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, {m['memory_gib']} GiB, "
         f"device {m['device']}, torch {m['torch']}, load average {m['load_average_1min']} at the start.",
         f"Diffusion operating point (the bundle's detail mode when its default is the prior alone): {d['sampler']}, "
-        f"{d['steps']} step(s), threshold s = {d['threshold']:g}. LR: `medical_test` "
+        f"{d['steps']} step(s), threshold s = {d['threshold']:g}"
+        f"{'' if d.get('stochastic', True) else ', deterministic (posterior means)'}. "
+        "LR: `medical_test` "
         f"degradation of slices {results['slices']} (x{results['scale']}). PSNR/SSIM in the bundle window {results['window']} HU.",
         f"Downstream sparsity: {results.get('sparsity', 'window')} level (the sparse path computes "
         f"{'the active tokens' if results.get('sparsity') == 'token' else 'every token of a window holding an active token'}).",

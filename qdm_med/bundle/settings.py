@@ -83,9 +83,9 @@ def diffusion_start(settings: dict) -> str:
 
 
 def detail_sampling(config: dict) -> dict | None:
-    """The bundle's detail operating point: ``{"sampler", "steps", "threshold"}`` from the ``detail`` section of
-    ``configs/inference.json`` (keys it leaves out are None), or None when the bundle has no such section."""
+    """The bundle's detail operating point: ``{"sampler", "steps", "threshold", "stochastic"}`` from the ``detail``
+    section of ``configs/inference.json`` (keys it leaves out are None), or None when the bundle has no such section."""
     detail = config.get("detail")
     if not isinstance(detail, dict):
         return None
-    return {key: detail.get(key) for key in ("sampler", "steps", "threshold")}
+    return {key: detail.get(key) for key in SAMPLING_KEYS}

@@ -107,8 +107,8 @@ def _evaluate(hr, scale, preset, bundle, report, preview, seed, steps, sampler, 
             logger.warning("%s: the alpha channel is not evaluated (colour channels only)", spec.path)
         data = picture.data
     model = resolve_model(bundle, spec.kind, scale, dev)
-    steps, sampler, threshold = operating_point(model, mode, steps, sampler, threshold)
-    apply_overrides(model, steps, sampler, threshold)
+    steps, sampler, threshold, stochastic = operating_point(model, mode, steps, sampler, threshold)
+    apply_overrides(model, steps, sampler, threshold, stochastic)
     thr = model_threshold(model, threshold)
     t_load = time.perf_counter() - t0
 

@@ -123,6 +123,7 @@ def model_section(model, stats: dict, threshold: float, overrides: dict) -> dict
         "sampler": overrides.get("sampler") or info.get("sampler"),
         "steps": overrides.get("steps") if overrides.get("steps") is not None else info.get("steps"),
         "threshold": threshold if model.name != "bicubic" else None,
+        "stochastic": info.get("stochastic"),
         "mask_density": info.get("mask_density"),
         "macs": info.get("macs"),
         "pipeline_info": info,

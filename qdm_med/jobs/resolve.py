@@ -95,9 +95,10 @@ def resolve_model(bundle, kind: str, scale: int, device: torch.device) -> Resolv
 
 
 def operating_point(model: ResolvedModel, mode: str | None, steps, sampler, threshold) -> tuple:
-    """(steps, sampler, threshold) of ``mode`` (see :data:`MODES`; None: fidelity); explicit options win."""
+    """(steps, sampler, threshold, stochastic) of ``mode`` (see :data:`MODES`; None: fidelity); explicit options win.
+    ``stochastic`` is the detail section's (None: the pipeline's own, i.e. leave it)."""
     if mode is None or mode == "fidelity":
-        return steps, sampler, threshold
+        return steps, sampler, threshold, None
     if mode not in MODES:
         raise ConfigError(f"mode {mode!r}: use {' or '.join(MODES)}")
     from qdm_med.bundle.settings import detail_sampling
@@ -106,13 +107,17 @@ def operating_point(model: ResolvedModel, mode: str | None, steps, sampler, thre
     if model.name == "bicubic" or detail is None:
         raise ConfigError(f"{model.path or model.name}: has no detail operating point (a 'detail' section in configs/inference.json); "
                           "choose --steps/--sampler instead")
+    stochastic = detail["stochastic"]
+    if stochastic is not None and not isinstance(stochastic, bool):
+        raise ConfigError(f"{model.path or model.name}: detail.stochastic {stochastic!r}: use true or false")
     return (steps if steps is not None else detail["steps"], sampler or detail["sampler"],
-            threshold if threshold is not None else detail["threshold"])
+            threshold if threshold is not None else detail["threshold"], stochastic)
 
 
-def apply_overrides(model: ResolvedModel, steps, sampler, threshold) -> None:
+def apply_overrides(model: ResolvedModel, steps, sampler, threshold, stochastic: bool | None = None) -> None:
     """Set sampling options on the pipeline (``configure(...)`` when it has one, else attributes)."""
-    overrides = {k: v for k, v in (("steps", steps), ("sampler", sampler), ("threshold", threshold)) if v is not None}
+    overrides = {k: v for k, v in (("steps", steps), ("sampler", sampler), ("threshold", threshold), ("stochastic", stochastic))
+                 if v is not None}
     if not overrides or model.name == "bicubic":
         return
     pipe = model.sr_fn

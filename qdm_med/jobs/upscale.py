@@ -124,8 +124,8 @@ def _upscale(input, output, scale, bundle, fmt, steps, sampler, threshold, devic
         raise InputError(f"{ref_spec.path}: reference is an {ref_spec.kind}, the input is an {spec.kind}")
     reference = load_reference(ref_spec, fill_nonfinite) if ref_spec is not None else None
     model = resolve_model(bundle, spec.kind, scale, dev)
-    steps, sampler, threshold = operating_point(model, mode, steps, sampler, threshold)
-    apply_overrides(model, steps, sampler, threshold)
+    steps, sampler, threshold, stochastic = operating_point(model, mode, steps, sampler, threshold)
+    apply_overrides(model, steps, sampler, threshold, stochastic)
     thr = model_threshold(model, threshold)
     t_load = time.perf_counter() - t0
 
