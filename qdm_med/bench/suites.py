@@ -144,7 +144,7 @@ def prepare_context(bundle_dir, data_dir=None, device: str | torch.device = "cpu
     hr_arr = hr.array[: lr.array.shape[0] * s, : lr.array.shape[1] * s]
     to_rows = lambda a: np.ascontiguousarray(np.transpose(a[:, :, ks], (2, 1, 0)), dtype=np.float32)  # noqa: E731  (N, Y, X)
     p = bundle.pipeline
-    defaults = {"sampler": p.sampler, "steps": p.steps, "threshold": p.threshold, "stochastic": bool(getattr(p, "stochastic", True))}
+    defaults = {"sampler": p.sampler, "steps": p.steps, "threshold": p.threshold, "stochastic": p.stochastic}
     if p.steps == 0:  # the default is the prior alone (fidelity): the suites measure the diffusion's operating point,
         detail = detail_sampling(bundle.config) or {}  # the detail mode's, else one step at the bundle's threshold
         defaults = {k: detail[k] if detail.get(k) is not None else v for k, v in {**defaults, "steps": 1}.items()}

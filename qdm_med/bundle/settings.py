@@ -84,8 +84,12 @@ def diffusion_start(settings: dict) -> str:
 
 def detail_sampling(config: dict) -> dict | None:
     """The bundle's detail operating point: ``{"sampler", "steps", "threshold", "stochastic"}`` from the ``detail``
-    section of ``configs/inference.json`` (keys it leaves out are None), or None when the bundle has no such section."""
+    section of ``configs/inference.json`` (keys it leaves out are None), or None when the bundle has no such section;
+    a ``stochastic`` that is not a boolean is a ConfigError."""
     detail = config.get("detail")
     if not isinstance(detail, dict):
         return None
+    stochastic = detail.get("stochastic")
+    if stochastic is not None and not isinstance(stochastic, bool):
+        raise ConfigError(f"{config.get('bundle_dir', 'bundle')}: detail.stochastic {stochastic!r}: use true or false")
     return {key: detail.get(key) for key in SAMPLING_KEYS}

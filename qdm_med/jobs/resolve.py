@@ -107,11 +107,8 @@ def operating_point(model: ResolvedModel, mode: str | None, steps, sampler, thre
     if model.name == "bicubic" or detail is None:
         raise ConfigError(f"{model.path or model.name}: has no detail operating point (a 'detail' section in configs/inference.json); "
                           "choose --steps/--sampler instead")
-    stochastic = detail["stochastic"]
-    if stochastic is not None and not isinstance(stochastic, bool):
-        raise ConfigError(f"{model.path or model.name}: detail.stochastic {stochastic!r}: use true or false")
     return (steps if steps is not None else detail["steps"], sampler or detail["sampler"],
-            threshold if threshold is not None else detail["threshold"], stochastic)
+            threshold if threshold is not None else detail["threshold"], detail["stochastic"])
 
 
 def apply_overrides(model: ResolvedModel, steps, sampler, threshold, stochastic: bool | None = None) -> None:
