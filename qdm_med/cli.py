@@ -67,6 +67,7 @@ class Mode(str, Enum):
 
 MODE_HELP = ("fidelity (the bundle's default: deterministic, best PSNR) or detail (the bundle's detail section: x8 few-step TSS, "
              "x4 one deterministic full-mask step; finer texture, lower LPIPS).")
+TTA_HELP = "Fidelity mode: one pass of the prior instead of the mean over the LR's four mirror images (4x faster, ~0.15 dB lower)."
 
 
 def _setup_logging(quiet: bool, verbose: bool = False) -> None:
@@ -227,6 +228,7 @@ def upscale(
     bundle: Optional[str] = typer.Option(None, "--bundle", help="Bundle folder, or 'bicubic' (default: the shipped bundle for the scale)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="nifti, nrrd, dicom or png (default: same kind as the input)."),
     mode: Mode = typer.Option(Mode.fidelity, "--mode", help=MODE_HELP),
+    disable_tta: bool = typer.Option(False, "--disable-tta", help=TTA_HELP),
     steps: Optional[int] = typer.Option(None, "--steps", help="Diffusion steps (default: the mode's; 0: the prior alone)."),
     sampler: Optional[SamplerName] = typer.Option(None, "--sampler", help="uniform, tds or tss (default: the bundle's)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Quadtree threshold s on the [-1,1] scale; 0 = dense."),
@@ -254,7 +256,7 @@ def upscale(
         sampler=sampler.value if sampler else None, threshold=threshold, device=device, batch_size=batch_size,
         seed=seed, ref=ref, report=report, preview=preview, quiet=quiet, overwrite=overwrite,
         preview_slice=preview_slice, amp=amp, series=series, force=force, volume_index=volume_index,
-        fill_nonfinite=fill_nonfinite, command_line=_command_line(ctx), mode=mode.value,
+        fill_nonfinite=fill_nonfinite, command_line=_command_line(ctx), mode=mode.value, tta=not disable_tta,
     )
     if not quiet:
         _summarize(result)
@@ -289,6 +291,7 @@ def evaluate(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write the SR volume/image."),
     slices: Optional[str] = typer.Option(None, "--slices", help="Comma-separated slice indices (default: all)."),
     mode: Mode = typer.Option(Mode.fidelity, "--mode", help=MODE_HELP),
+    disable_tta: bool = typer.Option(False, "--disable-tta", help=TTA_HELP),
     steps: Optional[int] = typer.Option(None, "--steps"),
     sampler: Optional[SamplerName] = typer.Option(None, "--sampler"),
     threshold: Optional[float] = typer.Option(None, "--threshold"),
@@ -319,7 +322,7 @@ def evaluate(
         steps=steps, sampler=sampler.value if sampler else None, threshold=threshold, device=device,
         batch_size=batch_size, slices=idx, output=output, quiet=quiet, overwrite=overwrite,
         preview_slice=preview_slice, amp=amp, series=series, force=force, volume_index=volume_index,
-        fill_nonfinite=fill_nonfinite, command_line=_command_line(ctx), mode=mode.value,
+        fill_nonfinite=fill_nonfinite, command_line=_command_line(ctx), mode=mode.value, tta=not disable_tta,
     )
     if not quiet:
         _summarize(result)

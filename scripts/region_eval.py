@@ -14,7 +14,7 @@ the scores of ``qdm-med evaluate``).
 
 Methods: ``bicubic``; ``prior=CONFIG@WEIGHTS`` (a prior-stage config and its weights, e.g. a run's
 ``models/model.pt``); ``bundle=DIR[?key=value&...]`` (a QDM bundle with sampling overrides: ``sampler``,
-``steps``, ``threshold``, ``stochastic`` and the sampler's own parameters, e.g.
+``steps``, ``threshold``, ``stochastic``, ``flip_ensemble`` and the sampler's own parameters, e.g.
 ``n_range=1,2&a_range=0.3,0.5``). ``label:`` before a method names its row. Prints a Markdown table (mean
 over slices; gain over bicubic on average and for the worst slice) and writes it with the raw scores.
 
@@ -109,8 +109,9 @@ def build_method(spec: str, scale: int):
         sr = loaded.pipeline
         sr.configure(steps=int(opts.pop("steps")) if "steps" in opts else None, sampler=opts.pop("sampler", None),
                      threshold=float(opts.pop("threshold")) if "threshold" in opts else None)
-        if "stochastic" in opts:
-            sr.stochastic = opts.pop("stochastic").lower() in ("1", "true", "yes")
+        for flag in ("stochastic", "flip_ensemble"):
+            if flag in opts:
+                setattr(sr, flag, opts.pop(flag).lower() in ("1", "true", "yes"))
         if opts:  # the rest are the sampler's own parameters, e.g. n_range=1,2&a_range=0.3,0.5
             sr.sampler_params = {k: _sampler_value(v) for k, v in opts.items()}
         sr.size_multiple = sr.lr_multiple

@@ -72,12 +72,15 @@ def build_sr_module(settings: dict, load_first_stage: bool = False, qdm=None, fi
 
     fs = first_stage if first_stage is not None else build_first_stage_from(settings, load_weights=load_first_stage)
     s = settings["sampling"]
-    extra = {k: v for k, v in s.items() if k not in SAMPLING_KEYS}
+    extra = {k: v for k, v in s.items() if k not in (*SAMPLING_KEYS, "flip_ensemble")}
+    flip_ensemble = s.get("flip_ensemble", True)
+    if not isinstance(flip_ensemble, bool):
+        raise ConfigError(f"{settings.get('bundle_dir', 'bundle')}: sampling.flip_ensemble {flip_ensemble!r}: use true or false")
     return QDMSuperResolution(fs, qdm if qdm is not None else build_qdm_from(settings, fs.latent_channels),
                               diffusion if diffusion is not None else build_diffusion_from(settings), scale=settings["scale"],
                               sampler=s["sampler"], steps=s["steps"], threshold=s["threshold"], sampler_params=extra or None,
                               prior=prior if prior is not None else build_prior_from(settings), start=diffusion_start(settings),
-                              stochastic=bool(s.get("stochastic", True)))
+                              stochastic=bool(s.get("stochastic", True)), flip_ensemble=flip_ensemble)
 
 
 def build_network(bundle_root: str | Path) -> nn.Module:

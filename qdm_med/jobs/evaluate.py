@@ -55,6 +55,7 @@ def evaluate(
     fill_nonfinite: float | None = None,
     command_line: str | None = None,
     mode: str | None = None,
+    tta: bool = True,
 ) -> dict:
     """Simulate the LR input from an HR volume or image, upscale it, and score model and bicubic.
 
@@ -64,17 +65,17 @@ def evaluate(
     axis. HR in-plane sizes are cropped at the end to a multiple of ``scale``. ``preset`` None picks
     ``medical_test`` for CT and ``natural`` for images. ``output`` optionally saves the SR result (format
     from its extension; a slice subset keeps its own geometry; DICOM derives from the HR series). ``mode``:
-    the bundle's operating point, as in :func:`qdm_med.jobs.upscale.upscale`.
+    the bundle's operating point and ``tta`` the fidelity mode's mirroring, as in :func:`qdm_med.jobs.upscale.upscale`.
     """
     with collect_warnings() as warnings:
         return _evaluate(hr, scale, preset, bundle, report, preview, seed, steps, sampler, threshold, device, batch_size,
                          slices, output, quiet, overwrite, preview_slice, tile_size, amp, lpips_weights, series, force,
-                         volume_index, fill_nonfinite, command_line, warnings, mode)
+                         volume_index, fill_nonfinite, command_line, warnings, mode, tta)
 
 
 def _evaluate(hr, scale, preset, bundle, report, preview, seed, steps, sampler, threshold, device, batch_size, slices, output,
               quiet, overwrite, preview_slice, tile_size, amp, lpips_weights, series, force, volume_index, fill_nonfinite,
-              command_line, warnings, mode=None) -> dict:
+              command_line, warnings, mode=None, tta=True) -> dict:
     t_start = time.perf_counter()
     scale = check_scale(scale)
     spec = detect_input(hr)
@@ -108,7 +109,7 @@ def _evaluate(hr, scale, preset, bundle, report, preview, seed, steps, sampler, 
         data = picture.data
     model = resolve_model(bundle, spec.kind, scale, dev)
     steps, sampler, threshold, stochastic = operating_point(model, mode, steps, sampler, threshold)
-    apply_overrides(model, steps, sampler, threshold, stochastic)
+    apply_overrides(model, steps, sampler, threshold, stochastic, flip_ensemble=None if tta else False)
     thr = model_threshold(model, threshold)
     t_load = time.perf_counter() - t0
 

@@ -124,6 +124,7 @@ def model_section(model, stats: dict, threshold: float, overrides: dict) -> dict
         "steps": overrides.get("steps") if overrides.get("steps") is not None else info.get("steps"),
         "threshold": threshold if model.name != "bicubic" else None,
         "stochastic": info.get("stochastic"),
+        "flip_ensemble": info.get("flip_ensemble"),
         "mask_density": info.get("mask_density"),
         "macs": info.get("macs"),
         "pipeline_info": info,

@@ -111,10 +111,11 @@ def operating_point(model: ResolvedModel, mode: str | None, steps, sampler, thre
             threshold if threshold is not None else detail["threshold"], detail["stochastic"])
 
 
-def apply_overrides(model: ResolvedModel, steps, sampler, threshold, stochastic: bool | None = None) -> None:
-    """Set sampling options on the pipeline (``configure(...)`` when it has one, else attributes)."""
-    overrides = {k: v for k, v in (("steps", steps), ("sampler", sampler), ("threshold", threshold), ("stochastic", stochastic))
-                 if v is not None}
+def apply_overrides(model: ResolvedModel, steps, sampler, threshold, stochastic: bool | None = None,
+                    flip_ensemble: bool | None = None) -> None:
+    """Set sampling options on the pipeline (``configure(...)`` when it has one, else attributes); None leaves one."""
+    pairs = (("steps", steps), ("sampler", sampler), ("threshold", threshold), ("stochastic", stochastic), ("flip_ensemble", flip_ensemble))
+    overrides = {k: v for k, v in pairs if v is not None}
     if not overrides or model.name == "bicubic":
         return
     pipe = model.sr_fn

@@ -77,6 +77,7 @@ def upscale(
     fill_nonfinite: float | None = None,
     command_line: str | None = None,
     mode: str | None = None,
+    tta: bool = True,
 ) -> dict:
     """Upscale a CT volume (NIfTI, NRRD/MHA, DICOM folder) or an image (PNG/JPEG/TIFF) by ``scale``.
 
@@ -86,17 +87,18 @@ def upscale(
     ``fill_nonfinite`` replaces NaN/inf voxels (refused otherwise). ``seed`` gives every slice its own
     random stream, so ``batch_size`` never changes the output. ``mode`` picks the bundle's operating point
     (``fidelity``, the default sampling, or ``detail``); explicit ``steps``/``sampler``/``threshold`` win.
+    ``tta=False`` turns off the fidelity mode's mirroring test-time augmentation (one pass of the prior).
     """
     with collect_warnings() as warnings:
         rep = _upscale(input, output, scale, bundle, fmt, steps, sampler, threshold, device, batch_size, seed, ref, report,
                        preview, quiet, overwrite, preview_slice, tile_size, amp, lpips_weights, series, force,
-                       volume_index, fill_nonfinite, command_line, warnings, mode)
+                       volume_index, fill_nonfinite, command_line, warnings, mode, tta)
     return rep
 
 
 def _upscale(input, output, scale, bundle, fmt, steps, sampler, threshold, device, batch_size, seed, ref, report, preview,
              quiet, overwrite, preview_slice, tile_size, amp, lpips_weights, series, force, volume_index, fill_nonfinite,
-             command_line, warnings, mode=None) -> dict:
+             command_line, warnings, mode=None, tta=True) -> dict:
     t_start = time.perf_counter()
     scale = check_scale(scale)
     spec = detect_input(input)
@@ -125,7 +127,7 @@ def _upscale(input, output, scale, bundle, fmt, steps, sampler, threshold, devic
     reference = load_reference(ref_spec, fill_nonfinite) if ref_spec is not None else None
     model = resolve_model(bundle, spec.kind, scale, dev)
     steps, sampler, threshold, stochastic = operating_point(model, mode, steps, sampler, threshold)
-    apply_overrides(model, steps, sampler, threshold, stochastic)
+    apply_overrides(model, steps, sampler, threshold, stochastic, flip_ensemble=None if tta else False)
     thr = model_threshold(model, threshold)
     t_load = time.perf_counter() - t0
 

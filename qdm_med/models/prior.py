@@ -21,6 +21,9 @@ scales and shifts those features (FiLM) before the rest of the stack. A 3x3 stac
 too few to tell aliased LR (``F.interpolate``'s or SciPy's defaults: the fidelity mode sharpens its aliasing
 and falls below bicubic) from antialiased LR; the image's band-energy ratios tell them apart. The MLP's last
 layer starts at zero, so a context prior starts as the same prior without it (``init_from`` a plain one).
+
+:meth:`ResidualCNN.flip_ensemble` averages the prediction over the four mirror images of the LR (the
+fidelity mode's test-time augmentation; deterministic, 4x the prior's cost).
 When an image is tiled, the inferencers pin the whole image's band energies around its tiles
 (:meth:`ResidualCNN.pinned_context`), so every tile gets the modulation the untiled image would.
 """
@@ -124,6 +127,19 @@ class ResidualCNN(nn.Module):
             feat = self.modulate(feat)
         res = F.pixel_shuffle(self.tail(self.body[self.split :](feat)), self.unshuffle)
         return (up + res).clamp(-1, 1)
+
+    def flip_ensemble(self, lr: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, C, h*s, w*s): the mean of the predictions for the four mirror images of ``lr``
+        (as is, left-right, up-down, both), each mirrored back: nnU-Net's mirroring test-time augmentation.
+        Mirrors only, the flips the prior trains with; a transpose would swap pixel-unshuffle phases the
+        network tells apart. The four share the global context of ``lr`` as given (or the one already pinned
+        for a tiled image), so the ensemble of an image and of its tiles agree."""
+        pin = self.pinned_context(lr) if self._pinned is None else contextlib.nullcontext()
+        with pin:
+            out = self(lr)
+            for dims in ((-1,), (-2,), (-2, -1)):
+                out = out + self(lr.flip(dims)).flip(dims)
+        return out / 4
 
     def _first_layer(self, up: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) bicubic upsampling -> (B, F, H/u, W/u) features of the first layer (u = unshuffle)."""

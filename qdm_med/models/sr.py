@@ -8,7 +8,8 @@
    the paper's bicubic upsampling; ``start="prior"`` the learned prior's prediction (a residual CNN,
    :mod:`qdm_med.models.prior`), so inactive quadtree sites keep the CNN output; it is a property of how
    the QDM was trained (the bundle's ``diffusion.start``). ``steps=0`` skips the diffusion and returns the
-   prior's prediction (bicubic without a prior): the deterministic fidelity mode of a bundle with a prior;
+   prior's prediction (bicubic without a prior): the deterministic fidelity mode of a bundle with a prior,
+   averaged over the LR's four mirror images (``flip_ensemble``, the default; one pass without);
 3. QDM masks from the LR (Algorithm 1 at ``threshold``): diffusion mask at latent size, token mask at latent/2;
 4. the sampler's timestep plan (``uniform`` / ``tds`` / ``tss``, ``steps``) and the masked reverse diffusion,
    sparse by default (only windows with active tokens run the downstream stream); ``stochastic=False``
@@ -54,16 +55,19 @@ class QDMSuperResolution(nn.Module):
         prior: the learned prior (LR -> SR residual CNN) or None.
         start: ``"prior"`` (default when there is a prior) or ``"bicubic"``: where the residual shift starts.
         stochastic: draw the prior noise and the per-step noise (False: posterior means only).
+        flip_ensemble: with ``steps=0``, average the prior's prediction over the four mirror images of the LR
+            (:meth:`~qdm_med.models.prior.ResidualCNN.flip_ensemble`); the diffusion always starts from one pass,
+            the start it was trained on.
     """
 
     def __init__(self, first_stage: nn.Module, qdm: nn.Module, diffusion: ResShiftDiffusion | None = None, scale: int = 8,
                  sampler: str = "uniform", steps: int = 1, threshold: float = 0.15, sparse: bool = True, chunk_size: int = 64,
                  sampler_params: dict | None = None, prior: nn.Module | None = None, start: str | None = None,
-                 stochastic: bool = True) -> None:
+                 stochastic: bool = True, flip_ensemble: bool = True) -> None:
         super().__init__()
         self.first_stage, self.qdm, self.prior = first_stage, qdm, prior
         self.start = "bicubic" if prior is None else "prior"
-        self.stochastic = bool(stochastic)
+        self.stochastic, self.flip_ensemble = bool(stochastic), bool(flip_ensemble)
         self.diffusion = diffusion if diffusion is not None else ResShiftDiffusion()
         self.scale = int(scale)
         self.in_channels = int(first_stage.in_channels)
@@ -74,7 +78,7 @@ class QDMSuperResolution(nn.Module):
         self.last_info: dict = {}
 
     def configure(self, steps: int | None = None, sampler: str | None = None, threshold: float | None = None, start: str | None = None,
-                  stochastic: bool | None = None) -> None:
+                  stochastic: bool | None = None, flip_ensemble: bool | None = None) -> None:
         """Change the sampling options (validated: ConfigError with one line)."""
         if start is not None:
             if start not in ("prior", "bicubic"):
@@ -84,6 +88,8 @@ class QDMSuperResolution(nn.Module):
             self.start = start
         if stochastic is not None:
             self.stochastic = bool(stochastic)
+        if flip_ensemble is not None:
+            self.flip_ensemble = bool(flip_ensemble)
         if sampler is not None:
             if sampler not in SAMPLERS:
                 raise ConfigError(f"sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
@@ -137,13 +143,18 @@ class QDMSuperResolution(nn.Module):
         timings = {}
         t0 = time.perf_counter()
         if self.steps == 0:  # no diffusion: the prior's prediction (fidelity mode), deterministic
-            up = self.prior(lr_p) if self.prior is not None else bicubic_upsample(lr_p, self.scale).clamp(-1, 1)
+            ensemble = self.flip_ensemble and self.prior is not None
+            if self.prior is None:
+                up = bicubic_upsample(lr_p, self.scale).clamp(-1, 1)
+            else:
+                up = self.prior.flip_ensemble(lr_p) if ensemble else self.prior(lr_p)
             timings["prior"] = time.perf_counter() - t0
-            macs = self.prior.macs(up.shape[-2:], b) if self.prior is not None else 0
+            macs = self.prior.macs(up.shape[-2:], b) * (4 if ensemble else 1) if self.prior is not None else 0
             self.last_info = {
                 "sampler": "none",
                 "steps": 0,
                 "start": "prior" if self.prior is not None else "bicubic",
+                "flip_ensemble": ensemble,
                 "threshold": self.threshold,
                 "timings": timings,
                 "macs_prior": macs,

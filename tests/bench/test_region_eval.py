@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -44,6 +46,15 @@ def test_sampler_parameters_in_a_method_query(region_eval):
     assert region_eval._sampler_value("1,2") == [1.0, 2.0]
     assert region_eval._sampler_value("6") == 6.0
     assert region_eval._sampler_value("polynomial") == "polynomial"
+
+
+def test_bundle_method_flags_reach_the_pipeline(region_eval):
+    repo = Path(__file__).resolve().parents[2]
+    label, sr, window = region_eval.build_method(f"single:bundle={repo}/bundles/qdm_ct_x4?flip_ensemble=false&steps=1&stochastic=0", 4)
+    assert label == "single" and window == (-1024.0, 2048.0)
+    assert (sr.flip_ensemble, sr.stochastic, sr.steps, sr.sampler_params) == (False, False, 1, {})
+    _, sr, _ = region_eval.build_method(f"bundle={repo}/bundles/qdm_ct_x4", 4)
+    assert sr.flip_ensemble is True and sr.steps == 0  # the shipped fidelity mode
 
 
 def test_other_libraries_lr_kinds_agree_on_the_block_geometry(region_eval):

@@ -308,3 +308,33 @@ def test_nrrd_detached_header_input_is_upscaled_to_nrrd(tmp_path):
     assert load_volume(out).array.shape == (48, 40, 3)
     with pytest.raises(ConfigError, match="unknown output extension"):
         run.upscale(tmp_path / "ct.nhdr", tmp_path / "o.nhdr", scale=4, bundle="bicubic", device="cpu", quiet=True)
+
+
+def test_fidelity_mode_averages_mirrored_prior_passes_unless_disable_tta(tmp_path):
+    """The shipped x4 bundle's default output is the mean of four mirrored passes of its prior (the report says so);
+    ``qdm-med upscale --disable-tta`` writes the single pass."""
+    from typer.testing import CliRunner
+
+    from qdm_med.bundle import load_bundle
+    from qdm_med.cli import app
+    from qdm_med.transforms.window import FULL_HU_RANGE
+
+    bundle = Path(__file__).resolve().parents[2] / "bundles" / "qdm_ct_x4"
+    lr = _write_nifti(tmp_path / "lr.nii.gz", smooth_ct((32, 32, 2)))  # a multiple of the model stride: no padding
+    outs = {}
+    for flag in ([], ["--disable-tta"]):
+        out, rep = tmp_path / f"sr{len(flag)}.nii.gz", tmp_path / f"r{len(flag)}.json"
+        args = ["upscale", str(lr), "--scale", "4", "--bundle", str(bundle), "-o", str(out), "--report", str(rep), "-q", "--device", "cpu"]
+        result = CliRunner().invoke(app, args + flag)
+        assert result.exit_code == 0, result.output
+        assert json.loads(rep.read_text())["flip_ensemble"] is (not flag)
+        outs[len(flag)] = nib.load(str(out)).get_fdata()
+    prior = load_bundle(bundle).pipeline.prior
+    lo, hi = (-1024.0, 2048.0)
+    x = torch.from_numpy(np.asarray(nib.load(str(lr)).get_fdata(), np.float32)[:, :, 0].T)
+    x = ((x.clamp(lo, hi) - lo) / (hi - lo) * 2 - 1)[None, None]
+    with torch.no_grad():
+        single, ens = ((y[0, 0].T.numpy() + 1) / 2 * (hi - lo) + lo for y in (prior(x), prior.flip_ensemble(x)))
+    # HU, int16 output like the input; the inferencer's HU floor (module docstring of qdm_med.inference.volume) moves a few voxels
+    assert np.mean(np.abs(outs[1][:, :, 0] - single) <= 0.5) > 0.99 and np.mean(np.abs(outs[0][:, :, 0] - ens) <= 0.5) > 0.99
+    assert np.mean(np.abs(outs[0][:, :, 0] - single) <= 0.5) < 0.9 and FULL_HU_RANGE[0] <= outs[0].min()

@@ -77,3 +77,33 @@ def test_a_deterministic_detail_point_reaches_the_pipeline_and_its_output_does_n
     with torch.no_grad():
         a, b = (sr(lr, generator=torch.Generator().manual_seed(s)) for s in (0, 1))
     assert torch.equal(a, b) and sr.last_info["stochastic"] is False
+
+
+def test_the_fidelity_modes_flip_ensemble_is_the_shipped_default_and_can_be_turned_off(tmp_path):
+    """The CT bundles ship ``sampling.flip_ensemble: true`` (their networks average four mirrored prior passes);
+    ``apply_overrides(flip_ensemble=False)`` (``--disable-tta``) turns it off; a non-boolean is a one-line error."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from qdm_med.bundle import build_network
+    from qdm_med.jobs.resolve import apply_overrides
+
+    repo = Path(__file__).resolve().parents[2]
+    for name in ("qdm_ct_x4", "qdm_ct_x8"):
+        assert json.loads((repo / "bundles" / name / "configs" / "inference.json").read_text())["sampling"]["flip_ensemble"] is True
+        sr = build_network(repo / "bundles" / name)
+        assert sr.flip_ensemble is True and sr.steps == 0
+    model = ResolvedModel(sr_fn=sr, scale=8, window=(-1024.0, 2048.0), name="qdm_ct_x8", path=None, config={})
+    apply_overrides(model, None, None, None)
+    assert sr.flip_ensemble is True
+    apply_overrides(model, None, None, None, flip_ensemble=False)
+    assert sr.flip_ensemble is False and sr.steps == 0
+    bad = tmp_path / "qdm_ct_x8"
+    shutil.copytree(repo / "bundles" / "qdm_ct_x8" / "configs", bad / "configs")
+    cfg = json.loads((bad / "configs" / "inference.json").read_text())
+    cfg["sampling"]["flip_ensemble"] = "yes"
+    (bad / "configs" / "inference.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="sampling.flip_ensemble 'yes': use true or false") as err:
+        build_network(bad)
+    assert "\n" not in str(err.value)

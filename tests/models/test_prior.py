@@ -86,8 +86,12 @@ def test_steps_zero_returns_the_prior_and_is_seed_free():
     sr = _sr(steps=0, sampler="uniform")
     lr = torch.rand(2, 1, 16, 12) * 2 - 1
     out = sr(lr, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(out, sr.prior(lr)) and sr.last_info["steps"] == 0 and sr.last_info["start"] == "prior"
+    assert torch.equal(out, sr.prior.flip_ensemble(lr)) and sr.last_info["steps"] == 0 and sr.last_info["start"] == "prior"
+    assert sr.last_info["flip_ensemble"] is True and sr.last_info["macs"] == 4 * sr.prior.macs((128, 96), 2)
     assert torch.equal(out, sr(lr, generator=torch.Generator().manual_seed(5)))
+    sr.configure(flip_ensemble=False)
+    assert torch.equal(sr(lr), sr.prior(lr)) and sr.last_info["flip_ensemble"] is False
+    assert sr.last_info["macs"] == sr.prior.macs((128, 96), 2)
     plain = _sr(prior=False, steps=0)
     assert torch.equal(plain(lr), F.interpolate(lr, scale_factor=8, mode="bicubic", align_corners=False).clamp(-1, 1))
 
@@ -170,3 +174,28 @@ def test_tiles_share_the_whole_images_context(seed):
                 sr.prior(lr.expand(2, -1, -1, -1))
     assert torch.allclose(pinned[..., :, :160], sr.prior(lr)[..., :, :160], atol=1e-5)  # 4 LR px from the cut
     assert not torch.allclose(own, pinned, atol=1e-3)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("context", [0, 6])
+def test_flip_ensemble_is_the_mean_of_the_four_mirrored_passes_and_commutes_with_mirroring(context):
+    torch.manual_seed(0)
+    net = ResidualCNN(4, channels=8, layers=4, context=context)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    lr = torch.rand(1, 1, 12, 16) * 2 - 1
+    with net.pinned_context(lr):  # the four passes share the unmirrored image's context
+        passes = [net(lr), net(lr.flip(-1)).flip(-1), net(lr.flip(-2)).flip(-2), net(lr.flip((-2, -1))).flip((-2, -1))]
+    ens = net.flip_ensemble(lr)
+    torch.testing.assert_close(ens, torch.stack(passes).mean(0), atol=1e-6, rtol=0)
+    assert not torch.allclose(ens, net(lr), atol=1e-4)  # the passes differ: a 3x3 stack is not mirror-symmetric
+    if not context:  # without a context each mirror's pass is its own: mirroring the input mirrors the mean
+        torch.testing.assert_close(net.flip_ensemble(lr.flip(-1)), ens.flip(-1), atol=1e-6, rtol=0)
+    else:  # inside a pinned context (a tile of a bigger image) the pinned one wins, as for a single pass
+        big = torch.rand(1, 1, 24, 24) * 2 - 1
+        with net.pinned_context(big):
+            tile = net.flip_ensemble(lr)
+            ref = torch.stack([net(lr), net(lr.flip(-1)).flip(-1), net(lr.flip(-2)).flip(-2),
+                               net(lr.flip((-2, -1))).flip((-2, -1))]).mean(0)
+        torch.testing.assert_close(tile, ref, atol=1e-6, rtol=0)
+        assert not torch.allclose(tile, ens, atol=1e-4)
