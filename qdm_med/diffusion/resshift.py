@@ -248,8 +248,8 @@ class ResShiftDiffusion:
             model_kwargs: extra keyword arguments of the model call (e.g. ``pos_offset``).
 
         Returns:
-            {"loss": scalar with grad, "mse_down", "mse_up" (detached), "x_t", "down" (the downstream
-            prediction, with grad, for extra terms such as LPIPS)}.
+            {"loss": scalar with grad, "mse_down", "mse_up" (detached), "x_t", "down" and "up" (the two
+            predictions, with grad, for extra terms such as LPIPS)}.
         """
         x_t = self.q_sample(x0, y, t, mask, noise=noise, generator=generator)
         down, up = model(self.normalize(x_t, t), self._model_t(t, x0.shape[0], x0), lr, **(model_kwargs or {}))
@@ -261,6 +261,7 @@ class ResShiftDiffusion:
             "mse_up": mse_up.detach(),
             "x_t": x_t.detach(),
             "down": down,
+            "up": up,
         }
 
     # -- sampling --------------------------------------------------------------------------------

@@ -17,6 +17,9 @@ Optional terms (``train`` settings, all 0 by default):
 - QDM ``adversarial_weight``: the same patch-adversarial term on the decoded downstream prediction, through
   ``adversarial_window`` (HU; default the model window). An MSE/LPIPS-trained x0 prediction is a conditional
   mean and draws no texture; the adversary asks the detail mode for texture the HR has.
+- QDM ``composite_threshold``: the fine-tune terms (LPIPS, adversarial) judge the sparse path's prediction at
+  this quadtree threshold -- the downstream's at active sites, the upstream's elsewhere -- instead of the
+  downstream's everywhere (None), so the upstream learns the texture of the windows the quadtree skips.
 - QDM ``t_final_prob``: probability that a sample trains at the prior's step t = T - 1 instead of a
   uniform step. The one-step sampler predicts x0 only there, while uniform steps spend 14 of 15 samples
   on steps where ``x_t`` already holds most of x0 (and the downstream stream learns to copy it).
@@ -225,6 +228,10 @@ class QDMStage(_AdversaryHooks):
         # model meet every position of an inference-size slice (whose grid is up to g + pos_jitter)
         self.pos_jitter = int(t.get("pos_jitter", 0))
         self.lpips_weight = float(t.get("lpips_weight", 0.0))
+        self.composite_threshold = t.get("composite_threshold")
+        composite = float("nan") if self.composite_threshold is None else float(self.composite_threshold)
+        if self.composite_threshold is not None and not (math.isfinite(composite) and composite >= 0):
+            raise ConfigError(f"train.composite_threshold {self.composite_threshold}: must be >= 0 (or null: the downstream everywhere)")
         self.t_final_prob = float(t.get("t_final_prob", 0.0))
         if not 0.0 <= self.t_final_prob <= 1.0:
             raise ConfigError(f"train.t_final_prob {self.t_final_prob}: must be in [0, 1]")
@@ -300,7 +307,12 @@ class QDMStage(_AdversaryHooks):
         loss, logs = out["loss"], {"mse_down": float(out["mse_down"]), "mse_up": float(out["mse_up"])}
         if self.lpips is None and self.adversary is None:
             return loss, logs
-        pred = self.first_stage.decode(out["down"]).clamp(-1, 1)  # fine-tune terms on the decoded downstream prediction
+        pred = out["down"]
+        if self.composite_threshold is not None:  # what the sparse path returns at that threshold
+            with torch.no_grad():
+                active = qdm_masks(lr, float(self.composite_threshold), self.scale, self.first_stage.factor).diffusion
+            pred = torch.where(active[:, None].to(pred.device), pred, out["up"])
+        pred = self.first_stage.decode(pred).clamp(-1, 1)  # fine-tune terms on the decoded prediction
         if self.lpips is not None:
             p = self._lpips_term(pred, hr)
             loss, logs["lpips"] = loss + self.lpips_weight * p, float(p.detach())

@@ -530,3 +530,48 @@ def test_lpips_windows_average_the_term_over_views_and_reject_bad_windows(tmp_pa
     bad = tiny_bundle(tmp_path / "bad", "qdm_ct_x8", {"train": bad_train})
     with pytest.raises(ConfigError, match="lpips_windows"):
         QDMStage(bundle_settings(bad, "train"))
+
+
+def test_composite_threshold_judges_the_sparse_paths_prediction(tmp_path):
+    """With ``train.composite_threshold`` s the LPIPS term sees the downstream prediction at the quadtree's active
+    sites of threshold s and the upstream one elsewhere: what the sparse path returns at s."""
+    from qdm_med.bundle import bundle_settings
+    from qdm_med.metrics.lpips_offline import build_lpips
+    from qdm_med.quadtree import qdm_masks
+    from qdm_med.training.stages import QDMStage
+
+    lp = tmp_path / "alex.pt"
+    torch.save(build_lpips().state_dict(), lp)
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, a, b):
+            seen.append(a.detach().clone())
+            return (a - b).abs().mean(dim=(1, 2, 3))
+
+    def stage_for(threshold):
+        train = {"lpips_weight": 1.0, "lpips_path": str(lp), "composite_threshold": threshold}
+        stage = QDMStage(bundle_settings(tiny_bundle(tmp_path / str(threshold), "qdm_ct_x8", {"train": train}), "train"))
+        stage.lpips = Recorder()
+        return stage
+
+    lr = torch.zeros(2, 1, 4, 4)
+    lr[:, :, :2, :2] = torch.tensor([[-1.0, 1.0], [1.0, -1.0]])  # one detail-rich corner, flat elsewhere
+    hr = torch.zeros(2, 1, 32, 32)
+    for threshold in (0.5, None):
+        stage = stage_for(threshold)
+        z = stage.first_stage.encode(hr)
+        down, up = torch.full_like(z, 0.5), torch.full_like(z, -0.5)
+        out = {"loss": torch.zeros(()), "mse_down": torch.zeros(()), "mse_up": torch.zeros(()), "down": down, "up": up}
+        stage.diffusion.training_loss = lambda *a, out=out, **kw: out
+        seen.clear()
+        stage.loss(stage.model, hr, lr, torch.Generator().manual_seed(0))
+        if threshold is None:
+            expected = stage.first_stage.decode(down).clamp(-1, 1)
+        else:
+            active = qdm_masks(lr, threshold, stage.scale, stage.first_stage.factor).diffusion
+            assert 0 < float(active.float().mean()) < 1
+            expected = stage.first_stage.decode(torch.where(active[:, None], down, up)).clamp(-1, 1)
+        assert torch.allclose(seen[0], expected)
+    with pytest.raises(ConfigError, match="composite_threshold -1"):
+        stage_for(-1)
