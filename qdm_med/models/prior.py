@@ -21,11 +21,11 @@ scales and shifts those features (FiLM) before the rest of the stack. A 3x3 stac
 too few to tell aliased LR (``F.interpolate``'s or SciPy's defaults: the fidelity mode sharpens its aliasing
 and falls below bicubic) from antialiased LR; the image's band-energy ratios tell them apart. The MLP's last
 layer starts at zero, so a context prior starts as the same prior without it (``init_from`` a plain one).
+When an image is tiled, the inferencers pin the whole image's band energies around its tiles
+(:meth:`ResidualCNN.pinned_context`), so every tile gets the modulation the untiled image would.
 
 :meth:`ResidualCNN.flip_ensemble` averages the prediction over the four mirror images of the LR (the
 fidelity mode's test-time augmentation; deterministic, 4x the prior's cost).
-When an image is tiled, the inferencers pin the whole image's band energies around its tiles
-(:meth:`ResidualCNN.pinned_context`), so every tile gets the modulation the untiled image would.
 """
 
 from __future__ import annotations
