@@ -228,10 +228,10 @@ class QDMStage(_AdversaryHooks):
         # model meet every position of an inference-size slice (whose grid is up to g + pos_jitter)
         self.pos_jitter = int(t.get("pos_jitter", 0))
         self.lpips_weight = float(t.get("lpips_weight", 0.0))
-        self.composite_threshold = t.get("composite_threshold")
-        composite = float("nan") if self.composite_threshold is None else float(self.composite_threshold)
-        if self.composite_threshold is not None and not (math.isfinite(composite) and composite >= 0):
-            raise ConfigError(f"train.composite_threshold {self.composite_threshold}: must be >= 0 (or null: the downstream everywhere)")
+        composite = t.get("composite_threshold")
+        self.composite_threshold = None if composite is None else float(composite)
+        if self.composite_threshold is not None and not (math.isfinite(self.composite_threshold) and self.composite_threshold >= 0):
+            raise ConfigError(f"train.composite_threshold {composite}: must be >= 0 (or null: the downstream everywhere)")
         self.t_final_prob = float(t.get("t_final_prob", 0.0))
         if not 0.0 <= self.t_final_prob <= 1.0:
             raise ConfigError(f"train.t_final_prob {self.t_final_prob}: must be in [0, 1]")
@@ -291,6 +291,9 @@ class QDMStage(_AdversaryHooks):
             up = self.prior(lr) if self.start == "prior" else bicubic_upsample(lr, self.scale).clamp(-1, 1)
             y, x0 = self.first_stage.encode(up), self.first_stage.encode(hr)
             mask = qdm_masks(lr, self.train_threshold, self.scale, self.first_stage.factor).diffusion
+            active = mask  # the sparse path's active sites at composite_threshold (the training mask's when equal)
+            if self.composite_threshold is not None and self.composite_threshold != self.train_threshold:
+                active = qdm_masks(lr, self.composite_threshold, self.scale, self.first_stage.factor).diffusion
             t = torch.randint(0, self.diffusion.num_timesteps, (hr.shape[0],), generator=generator)
             if self.t_final_prob > 0:  # drawn only then: runs without it keep their random stream
                 final = torch.rand(hr.shape[0], generator=generator) < self.t_final_prob
@@ -309,9 +312,7 @@ class QDMStage(_AdversaryHooks):
             return loss, logs
         pred = out["down"]
         if self.composite_threshold is not None:  # what the sparse path returns at that threshold
-            with torch.no_grad():
-                active = qdm_masks(lr, float(self.composite_threshold), self.scale, self.first_stage.factor).diffusion
-            pred = torch.where(active[:, None].to(pred.device), pred, out["up"])
+            pred = torch.where(active[:, None], pred, out["up"])
         pred = self.first_stage.decode(pred).clamp(-1, 1)  # fine-tune terms on the decoded prediction
         if self.lpips is not None:
             p = self._lpips_term(pred, hr)

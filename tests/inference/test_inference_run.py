@@ -317,7 +317,7 @@ def test_fidelity_mode_averages_mirrored_prior_passes_unless_disable_tta(tmp_pat
 
     from qdm_med.bundle import load_bundle
     from qdm_med.cli import app
-    from qdm_med.transforms.window import FULL_HU_RANGE
+    from qdm_med.transforms.window import FULL_HU_RANGE, HUWindow, InverseHUWindow
 
     bundle = Path(__file__).resolve().parents[2] / "bundles" / "qdm_ct_x4"
     lr = _write_nifti(tmp_path / "lr.nii.gz", smooth_ct((32, 32, 2)))  # a multiple of the model stride: no padding
@@ -329,12 +329,11 @@ def test_fidelity_mode_averages_mirrored_prior_passes_unless_disable_tta(tmp_pat
         assert result.exit_code == 0, result.output
         assert json.loads(rep.read_text())["flip_ensemble"] is (not flag)
         outs[len(flag)] = nib.load(str(out)).get_fdata()
-    prior = load_bundle(bundle).pipeline.prior
-    lo, hi = (-1024.0, 2048.0)
-    x = torch.from_numpy(np.asarray(nib.load(str(lr)).get_fdata(), np.float32)[:, :, 0].T)
-    x = ((x.clamp(lo, hi) - lo) / (hi - lo) * 2 - 1)[None, None]
+    loaded = load_bundle(bundle)
+    prior, to_unit, to_hu = loaded.pipeline.prior, HUWindow(*loaded.window), InverseHUWindow(*loaded.window)
+    x = to_unit(torch.from_numpy(np.asarray(nib.load(str(lr)).get_fdata(), np.float32)[:, :, 0].T))[None, None]
     with torch.no_grad():
-        single, ens = ((y[0, 0].T.numpy() + 1) / 2 * (hi - lo) + lo for y in (prior(x), prior.flip_ensemble(x)))
+        single, ens = (to_hu(y[0, 0].T).numpy() for y in (prior(x), prior.flip_ensemble(x)))
     # HU, int16 output like the input; the inferencer's HU floor (module docstring of qdm_med.inference.volume) moves a few voxels
     assert np.mean(np.abs(outs[1][:, :, 0] - single) <= 0.5) > 0.99 and np.mean(np.abs(outs[0][:, :, 0] - ens) <= 0.5) > 0.99
     assert np.mean(np.abs(outs[0][:, :, 0] - single) <= 0.5) < 0.9 and FULL_HU_RANGE[0] <= outs[0].min()
