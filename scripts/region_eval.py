@@ -107,11 +107,9 @@ def build_method(spec: str, scale: int):
         loaded = load_bundle(path)
         opts = dict(parse_qsl(query))
         sr = loaded.pipeline
+        flags = {f: opts.pop(f).lower() in ("1", "true", "yes") for f in ("stochastic", "flip_ensemble") if f in opts}
         sr.configure(steps=int(opts.pop("steps")) if "steps" in opts else None, sampler=opts.pop("sampler", None),
-                     threshold=float(opts.pop("threshold")) if "threshold" in opts else None)
-        for flag in ("stochastic", "flip_ensemble"):
-            if flag in opts:
-                setattr(sr, flag, opts.pop(flag).lower() in ("1", "true", "yes"))
+                     threshold=float(opts.pop("threshold")) if "threshold" in opts else None, **flags)
         if opts:  # the rest are the sampler's own parameters, e.g. n_range=1,2&a_range=0.3,0.5
             sr.sampler_params = {k: _sampler_value(v) for k, v in opts.items()}
         sr.size_multiple = sr.lr_multiple
