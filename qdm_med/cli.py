@@ -65,8 +65,8 @@ class Mode(str, Enum):
     detail = "detail"
 
 
-MODE_HELP = ("fidelity (the bundle's default: deterministic, best PSNR) or detail (the bundle's detail section: x8 few-step TSS, "
-             "x4 one deterministic sparse step; finer texture, lower LPIPS).")
+MODE_HELP = ("fidelity (the bundle's default: deterministic, best PSNR) or detail (the bundle's detail section, 4 TSS steps in the CT "
+             "bundles; finer texture, lower LPIPS).")
 TTA_HELP = "Fidelity mode: one pass of the prior instead of the mean over the LR's four mirror images (4x faster, 0.03-0.4 dB lower)."
 
 

@@ -55,7 +55,10 @@ def build_diffusion_from(settings: dict):
     d = settings["diffusion"]
     sqrt_etas = exponential_sqrt_etas(T=int(d["T"]), kappa=float(d["kappa"]), min_noise_level=float(d["min_noise_level"]),
                                       etas_end=float(d["etas_end"]), power=float(d["power"]))
-    return ResShiftDiffusion(Schedule(sqrt_etas), kappa=float(d["kappa"]))
+    unmasked_mean = str(d.get("unmasked_mean", "x0"))
+    if unmasked_mean not in ("x0", "posterior"):
+        raise ConfigError(f"{settings.get('name', 'bundle')}: diffusion.unmasked_mean {unmasked_mean!r}: use x0 or posterior")
+    return ResShiftDiffusion(Schedule(sqrt_etas), kappa=float(d["kappa"]), unmasked_mean=unmasked_mean)
 
 
 def build_prior_from(settings: dict):

@@ -22,7 +22,8 @@ DEFAULTS = {
     "window": list(DEFAULT_WINDOW),
     "first_stage": {"kind": "pixel_unshuffle"},
     "model": {"config": "cpu_small"},
-    "diffusion": {"T": 15, "kappa": 2.0, "min_noise_level": 0.04, "etas_end": 0.99, "power": 0.3, "start": "bicubic"},
+    "diffusion": {"T": 15, "kappa": 2.0, "min_noise_level": 0.04, "etas_end": 0.99, "power": 0.3, "start": "bicubic",
+                  "unmasked_mean": "x0"},
     "sampling": {"sampler": "uniform", "steps": 1, "threshold": 0.15},  # for a bundle without its own (the CT bundles set theirs)
     "data": {"kind": "ct", "hr_size": 512, "crop_size": 128, "preset": "medical", "val_fraction": 0.1, "holdout": None, "patients": None,
              "min_foreground": 0.05, "flips": True, "val_slices": 4},

@@ -278,7 +278,18 @@ class ResShiftDiffusion:
         return TimestepPlan(list(timesteps), T)
 
     @torch.no_grad()
-    def sample(
+    def sample(self, model, y: torch.Tensor, lr: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, dict]:
+        """Run the reverse diffusion from the prior at ``y`` to an x0 latent, without gradients: see :meth:`chain`."""
+        return self.chain(model, y, lr, *args, **kwargs)
+
+    def unrolled(self, model, y: torch.Tensor, lr: torch.Tensor, timesteps, diffusion_mask=None, token_mask: torch.Tensor | None = None,
+                 model_kwargs: dict | None = None) -> torch.Tensor:
+        """The deterministic chain (posterior means, dense model calls) with gradients through every step -> the x0
+        latent (B, Cz, h, w) that ``sample(..., sparse=False, stochastic=False)`` returns. Training a few-step plan
+        where it runs (``train.unroll``) backpropagates through it; ``model_kwargs`` go to every model call."""
+        return self.chain(model, y, lr, diffusion_mask, token_mask, timesteps, sparse=False, stochastic=False, model_kwargs=model_kwargs)[0]
+
+    def chain(
         self,
         model,
         y: torch.Tensor,
@@ -291,8 +302,9 @@ class ResShiftDiffusion:
         progress: Callable[[int, int], None] | None = None,
         chunk_size: int = 64,
         stochastic: bool = True,
+        model_kwargs: dict | None = None,
     ) -> tuple[torch.Tensor, dict]:
-        """Run the reverse diffusion from the prior at ``y`` to an x0 latent.
+        """Run the reverse diffusion from the prior at ``y`` to an x0 latent (with gradients when enabled).
 
         Args:
             model: MODEL PROTOCOL network: ``model.forward_sparse(x_in, t, lr, token_mask, chunk_size)
@@ -307,6 +319,7 @@ class ResShiftDiffusion:
             progress: called as ``progress(done, total)`` after each step.
             stochastic: False starts at the prior's mean ``y`` and keeps the posterior means (no noise is
                 drawn: the result does not depend on ``generator``).
+            model_kwargs: extra keyword arguments of the dense model calls (e.g. a training crop's ``pos_offset``).
 
         Returns:
             (x0 latent (B, Cz, h, w), info) with info keys ``sampler``, ``sampler_params``, ``T``,
@@ -341,7 +354,9 @@ class ResShiftDiffusion:
             if use_sparse:
                 pred, minfo = model.forward_sparse(x_in, t_model, lr, tok, chunk_size=chunk_size)
             else:
-                kw = {"token_mask": tok} if tok is not None and getattr(model, "token_sparse", False) else {}
+                kw = dict(model_kwargs or {})
+                if tok is not None and getattr(getattr(model, "module", model), "token_sparse", False):
+                    kw["token_mask"] = tok
                 down, up = model(x_in, t_model, lr, **kw)
                 pred = down if tok_up is None else torch.where(tok_up, down, up)
                 minfo = {}

@@ -20,6 +20,11 @@ Optional terms (``train`` settings, all 0 by default):
 - QDM ``composite_threshold``: the fine-tune terms (LPIPS, adversarial) judge the sparse path's prediction at
   this quadtree threshold -- the downstream's at active sites, the upstream's elsewhere -- instead of the
   downstream's everywhere (None), so the upstream learns the texture of the windows the quadtree skips.
+- QDM ``unroll``: ``{"sampler": ..., "steps": n}`` (sampler parameters allowed): the fine-tune terms judge the
+  output of that deterministic n-step plan at ``composite_threshold``, run with gradients through every step
+  (the chain the detail mode samples), and ``unroll_weight`` x MSE(its x0 latent, x0) joins the dual loss. One
+  call at a time at a random t never shows the model the states its own plan feeds it; unrolled, every call
+  trains on them.
 - QDM ``t_final_prob``: probability that a sample trains at the prior's step t = T - 1 instead of a
   uniform step. The one-step sampler predicts x0 only there, while uniform steps spend 14 of 15 samples
   on steps where ``x_t`` already holds most of x0 (and the downstream stream learns to copy it).
@@ -235,12 +240,31 @@ class QDMStage(_AdversaryHooks):
         self.t_final_prob = float(t.get("t_final_prob", 0.0))
         if not 0.0 <= self.t_final_prob <= 1.0:
             raise ConfigError(f"train.t_final_prob {self.t_final_prob}: must be in [0, 1]")
+        self.unroll, self.unroll_weight = self._unroll_settings(t)
         self.lpips = _lpips_module(settings) if self.lpips_weight > 0 else None
         self.lpips_windows = _lpips_windows(settings)
         self.adversarial_weight = float(t.get("adversarial_weight", 0.0))
         self.adversary = _adversary(settings, int(settings["in_channels"]), self.adversarial_weight)
         if t.get("init_from"):
             self._init_from(resolve_weights_path(t["init_from"], settings["bundle_dir"]))
+
+    def _unroll_settings(self, t: dict) -> tuple[dict | None, float]:
+        """``train.unroll`` checked against the sampler registry (ConfigError naming the problem) and its weight."""
+        unroll = t.get("unroll")
+        if not unroll:
+            return None, 0.0
+        from qdm_med.diffusion import make_sampler
+
+        params = dict(unroll)
+        if "sampler" not in params or "steps" not in params:
+            raise ConfigError(f"train.unroll {unroll}: needs a sampler and its steps, e.g. {{'sampler': 'tss', 'steps': 4}}")
+        if self.composite_threshold is None:
+            raise ConfigError("train.unroll: set train.composite_threshold, the quadtree threshold the unrolled plan runs at")
+        make_sampler(params.pop("sampler"), params.pop("steps"), **params)  # validates name, steps and parameters
+        weight = float(t.get("unroll_weight", 1.0))
+        if not math.isfinite(weight) or weight < 0:
+            raise ConfigError(f"train.unroll_weight {weight}: must be >= 0")
+        return dict(unroll), weight
 
     def _load_prior(self, settings: dict) -> None:
         from qdm_med.bundle.weights import read_weights
@@ -308,16 +332,35 @@ class QDMStage(_AdversaryHooks):
             kwargs["token_mask"] = token_mask
         out = self.diffusion.training_loss(model, x0, y, cond, mask, t, noise=noise, l1=self.l1, l2=self.l2, model_kwargs=kwargs or None)
         loss, logs = out["loss"], {"mse_down": float(out["mse_down"]), "mse_up": float(out["mse_up"])}
-        if self.lpips is None and self.adversary is None:
+        if self.lpips is None and self.adversary is None and self.unroll is None:
             return loss, logs
         pred = out["down"]
-        if self.composite_threshold is not None:  # what the sparse path returns at that threshold
+        if self.unroll is not None:  # the deterministic plan's output, gradients through every step
+            pred = self._unrolled(model, y, cond, lr, active, kwargs)
+            mse = F.mse_loss(pred, x0)
+            loss, logs["mse_unrolled"] = loss + self.unroll_weight * mse, float(mse.detach())
+        elif self.composite_threshold is not None:  # what the sparse path returns at that threshold
             pred = torch.where(active[:, None], pred, out["up"])
         pred = self.first_stage.decode(pred).clamp(-1, 1)  # fine-tune terms on the decoded prediction
         if self.lpips is not None:
             p = self._lpips_term(pred, hr)
             loss, logs["lpips"] = loss + self.lpips_weight * p, float(p.detach())
         return _add_adversarial(self.adversary, self.adversarial_weight, loss, logs, pred, hr)
+
+    def _unrolled(self, model: nn.Module, y: torch.Tensor, cond: torch.Tensor, lr: torch.Tensor, active: torch.Tensor,
+                  kwargs: dict) -> torch.Tensor:
+        """x0 latent (B, Cz, h, w) of ``train.unroll``'s plan from ``y``, deterministic, at ``composite_threshold``
+        (diffusion mask ``active`` (B, h, w); the token mask of the same threshold picks down or up)."""
+        from qdm_med.diffusion import make_plan
+        from qdm_med.quadtree import qdm_masks
+
+        params = dict(self.unroll)
+        sampler, steps = params.pop("sampler"), params.pop("steps")
+        with torch.no_grad():
+            plan = make_plan(sampler, steps, self.diffusion.num_timesteps, lr=lr, latent_size=tuple(y.shape[-2:]), **params)
+            token = qdm_masks(lr, self.composite_threshold, self.scale, self.first_stage.factor).token
+        kwargs = {k: v for k, v in kwargs.items() if k != "token_mask"}
+        return self.diffusion.unrolled(model, y, cond, plan, diffusion_mask=active, token_mask=token, model_kwargs=kwargs)
 
     def _lpips_term(self, pred: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         """LPIPS of (B, C, H, W) predictions against the HR, averaged over ``lpips_windows``."""

@@ -346,3 +346,65 @@ def test_sampling_with_a_model_that_depends_on_x_t_follows_the_reverse_recursion
     torch.testing.assert_close(out.double(), x, rtol=1e-5, atol=1e-5)
     if steps > 1:  # the earlier steps moved the state the last call sees
         assert not torch.allclose(out, 0.5 * y / np.sqrt(etas[ts[-1]] * KAPPA**2 + 1))
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_unrolled_chain_is_the_deterministic_sample_with_gradients(diff, steps):
+    """``unrolled`` returns what ``sample(sparse=False, stochastic=False)`` returns, and its gradient with respect to
+    the model's weight is the derivative of SPEC's recursion written out here (down at active tokens, up elsewhere,
+    the x0 prediction at inactive sites); the model kwargs reach every call."""
+    x0, y = _latents(shape=(1, 2, 4, 4))
+    mask, token = _half_mask(), torch.tensor([[[True, False], [True, False]]])
+    calls = []
+
+    class Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Parameter(torch.tensor(0.7))
+
+        def forward(self, x_in, t, lr, pos_offset=(0, 0)):
+            calls.append(pos_offset)
+            return self.c * x_in, 0.25 * self.c * x_in
+
+    model, plan = Linear(), make_plan("uniform", steps, 15)
+    out = diff.unrolled(model, y, None, plan, mask, token, model_kwargs={"pos_offset": (3, 1)})
+    with torch.no_grad():
+        sampled, _ = diff.sample(model, y, None, mask, token, plan, sparse=False, stochastic=False)
+    torch.testing.assert_close(out.detach(), sampled)
+    assert calls == [(3, 1)] * steps + [(0, 0)] * steps
+    out.sum().backward()
+
+    c = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    etas = _reference_sqrt_etas() ** 2
+    ts = [int(v) for v in plan.timesteps]
+    m = mask[:, None].expand_as(y)
+    x = y.double()
+    for t, t_prev in zip(ts, ts[1:] + [-1]):
+        eta, eta_prev = etas[t], (etas[t_prev] if t_prev >= 0 else 0.0)
+        x_in = x / np.sqrt(eta * KAPPA**2 + 1)
+        pred = torch.where(m, c * x_in, 0.25 * c * x_in)
+        x = torch.where(m, (eta_prev / eta) * x + ((eta - eta_prev) / eta) * pred, pred)
+    x.sum().backward()
+    torch.testing.assert_close(out.detach().double(), x.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.c.grad.double(), c.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_bundle_diffusion_section_selects_the_inactive_sites_mean():
+    """``diffusion.unmasked_mean`` in a bundle config reaches the process (default "x0", the SPEC's); "posterior"
+    keeps inactive sites on the training marginal: from x_t = x0 + eta_t e0 and a perfect prediction the
+    deterministic step lands on x0 + eta_s e0; anything else is a one-line ConfigError naming the key."""
+    from qdm_med.bundle.factories import build_diffusion_from
+    from qdm_med.bundle.settings import DEFAULTS
+    from qdm_med.errors import ConfigError
+
+    settings = {"name": "b", "diffusion": dict(DEFAULTS["diffusion"])}
+    assert build_diffusion_from(settings).unmasked_mean == "x0"
+    d = build_diffusion_from({**settings, "diffusion": {**settings["diffusion"], "unmasked_mean": "posterior"}})
+    x0, y = _latents()
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)  # every site inactive
+    x_t = x0 + d.eta(9.0, x0) * (y - x0)
+    mean, var = d.q_posterior_mean_variance(x_t, x0, 9.0, 4.0, mask)
+    torch.testing.assert_close(mean, x0 + d.eta(4.0, x0) * (y - x0))
+    assert bool((var == 0).all())
+    with pytest.raises(ConfigError, match="diffusion.unmasked_mean 'mean'"):
+        build_diffusion_from({**settings, "diffusion": {**settings["diffusion"], "unmasked_mean": "mean"}})

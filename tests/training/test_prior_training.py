@@ -226,7 +226,7 @@ def test_shipped_recipes_are_valid_and_x8s_runs_stage_by_stage(tmp_path, ct_fold
               "train_detail_context"]
     assert recipes["qdm_ct_x8"] == [*stages[:3], "train_base", *stages[3:], "train_prior_refine", "train_detail_refine"]
     assert recipes["qdm_ct_x4"] == [*stages, "train_prior_refine", "train_detail_refine", "train_detail_onestep",
-                                    "train_detail_sparse"]
+                                    "train_detail_sparse", "train_detail_unrolled"]
     assert recipes["qdm_natural_x4"] == ["train_prior", "train"]
     lp = tmp_path / "lpips.pt"
     torch.save(build_lpips().state_dict(), lp)  # random AlexNet weights: the term's plumbing, not its quality

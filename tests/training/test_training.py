@@ -17,6 +17,7 @@ from qdm_med.errors import ConfigError
 from qdm_med.training import train_bundle
 from qdm_med.training.checkpoint import load_checkpoint
 from qdm_med.training.loop import batch_indices
+from qdm_med.transforms import bicubic_upsample
 
 
 def _losses(run: Path) -> list[float]:
@@ -532,13 +533,10 @@ def test_lpips_windows_average_the_term_over_views_and_reject_bad_windows(tmp_pa
         QDMStage(bundle_settings(bad, "train"))
 
 
-def test_composite_threshold_judges_the_sparse_paths_prediction(tmp_path):
-    """With ``train.composite_threshold`` s the LPIPS term sees the downstream prediction at the quadtree's active
-    sites of threshold s and the upstream one elsewhere: what the sparse path returns at s."""
-    from qdm_med.bundle import bundle_settings
+def _lpips_recorder(tmp_path):
+    """(offline LPIPS weights path, the list of images LPIPS was called on, a stand-in LPIPS class that records
+    its first argument and returns a mean absolute difference)."""
     from qdm_med.metrics.lpips_offline import build_lpips
-    from qdm_med.quadtree import qdm_masks
-    from qdm_med.training.stages import QDMStage
 
     lp = tmp_path / "alex.pt"
     torch.save(build_lpips().state_dict(), lp)
@@ -548,6 +546,18 @@ def test_composite_threshold_judges_the_sparse_paths_prediction(tmp_path):
         def forward(self, a, b):
             seen.append(a.detach().clone())
             return (a - b).abs().mean(dim=(1, 2, 3))
+
+    return lp, seen, Recorder
+
+
+def test_composite_threshold_judges_the_sparse_paths_prediction(tmp_path):
+    """With ``train.composite_threshold`` s the LPIPS term sees the downstream prediction at the quadtree's active
+    sites of threshold s and the upstream one elsewhere: what the sparse path returns at s."""
+    from qdm_med.bundle import bundle_settings
+    from qdm_med.quadtree import qdm_masks
+    from qdm_med.training.stages import QDMStage
+
+    lp, seen, Recorder = _lpips_recorder(tmp_path)
 
     def stage_for(threshold):
         train = {"lpips_weight": 1.0, "lpips_path": str(lp), "composite_threshold": threshold}
@@ -575,3 +585,44 @@ def test_composite_threshold_judges_the_sparse_paths_prediction(tmp_path):
         assert torch.allclose(seen[0], expected)
     with pytest.raises(ConfigError, match="composite_threshold -1"):
         stage_for(-1)
+
+
+def test_unroll_judges_the_deterministic_plans_output_and_trains_through_every_step(tmp_path):
+    """With ``train.unroll`` the LPIPS term sees the decoded output of the deterministic plan at
+    ``composite_threshold`` (what ``sample(sparse=False, stochastic=False)`` returns), its MSE joins the loss, and
+    the gradient reaches the model through the plan's calls; bad settings fail with one line."""
+    from qdm_med.bundle import bundle_settings
+    from qdm_med.diffusion import make_plan
+    from qdm_med.quadtree import qdm_masks
+    from qdm_med.training.stages import QDMStage
+
+    lp, seen, Recorder = _lpips_recorder(tmp_path)
+
+    def stage_for(name, **train):
+        train = {"lpips_weight": 1.0, "lpips_path": str(lp), **train}
+        return QDMStage(bundle_settings(tiny_bundle(tmp_path / name, "qdm_ct_x8", {"train": train}), "train"))
+
+    stage = stage_for("ok", composite_threshold=0.5, unroll={"sampler": "tss", "steps": 2}, unroll_weight=2.0)
+    stage.lpips = Recorder()
+    g = torch.Generator().manual_seed(0)
+    lr = torch.rand(2, 1, 4, 4, generator=g) * 2 - 1
+    hr = torch.rand(2, 1, 32, 32, generator=g) * 2 - 1
+    loss, logs = stage.loss(stage.model, hr, lr, torch.Generator().manual_seed(0))
+    assert "mse_unrolled" in logs and "lpips" in logs
+    with torch.no_grad():
+        up = (stage.prior(lr) if stage.start == "prior" else bicubic_upsample(lr, stage.scale).clamp(-1, 1))
+        y = stage.first_stage.encode(up)
+        masks = qdm_masks(lr, 0.5, stage.scale, stage.first_stage.factor)
+        plan = make_plan("tss", 2, stage.diffusion.num_timesteps, lr=lr, latent_size=tuple(y.shape[-2:]))
+        x0, _ = stage.diffusion.sample(stage.model, y, stage.model.conditioning(lr, y), masks.diffusion, masks.token, plan,
+                                       sparse=False, stochastic=False)
+    torch.testing.assert_close(seen[0][:, :1], stage.first_stage.decode(x0).clamp(-1, 1), rtol=1e-4, atol=1e-5)  # gray as RGB
+    stage.model.zero_grad()
+    loss.backward()
+    assert all(p.grad is not None for p in stage.model.parameters() if p.requires_grad)
+    with pytest.raises(ConfigError, match="composite_threshold"):
+        stage_for("nothreshold", unroll={"sampler": "tss", "steps": 2})
+    with pytest.raises(ConfigError, match="needs a sampler"):
+        stage_for("nosteps", composite_threshold=0.5, unroll={"sampler": "tss"})
+    with pytest.raises(ConfigError, match="unknown"):
+        stage_for("badsampler", composite_threshold=0.5, unroll={"sampler": "ddim", "steps": 2})
