@@ -51,13 +51,14 @@ def build_qdm_from(settings: dict, latent_channels: int):
 def build_diffusion_from(settings: dict):
     """The residual-shift process with the exponential schedule of the settings (SPEC section 3)."""
     from qdm_med.diffusion import ResShiftDiffusion, Schedule, exponential_sqrt_etas
+    from qdm_med.diffusion.resshift import UNMASKED_MEANS
 
     d = settings["diffusion"]
     sqrt_etas = exponential_sqrt_etas(T=int(d["T"]), kappa=float(d["kappa"]), min_noise_level=float(d["min_noise_level"]),
                                       etas_end=float(d["etas_end"]), power=float(d["power"]))
     unmasked_mean = str(d.get("unmasked_mean", "x0"))
-    if unmasked_mean not in ("x0", "posterior"):
-        raise ConfigError(f"{settings.get('name', 'bundle')}: diffusion.unmasked_mean {unmasked_mean!r}: use x0 or posterior")
+    if unmasked_mean not in UNMASKED_MEANS:
+        raise ConfigError(f"{settings.get('name', 'bundle')}: diffusion.unmasked_mean {unmasked_mean!r}: use {' or '.join(UNMASKED_MEANS)}")
     return ResShiftDiffusion(Schedule(sqrt_etas), kappa=float(d["kappa"]), unmasked_mean=unmasked_mean)
 
 
