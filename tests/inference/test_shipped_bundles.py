@@ -88,8 +88,8 @@ def test_shipped_fidelity_mode_beats_bicubic_on_the_held_out_region_for_any_seed
 @pytest.mark.corpus
 @pytest.mark.parametrize("name", ["qdm_ct_x4", "qdm_ct_x8"])
 def test_shipped_detail_mode_lowers_soft_tissue_lpips_on_the_held_out_region(tmp_path, name, corpus_dir):
-    """``--mode detail`` (the bundle's ``detail`` section: x8 TSS-4 from the prior at s = 0.3, x4 deterministic TSS-4
-    at s = 0.9) against the fidelity default on abdominal CT the prior and the detail fine-tunes never
+    """``--mode detail`` (the bundle's ``detail`` section: deterministic TSS-4 from the prior, x8 at s = 0.3, x4 at
+    s = 0.9) against the fidelity default on abdominal CT the prior and the detail fine-tunes never
     trained on: LPIPS in the soft-tissue window lower by issue 16's 0.02 on every slice, PSNR still > bicubic + 0.5
     dB, and both run the quadtree (a threshold above 0)."""
     from qdm_med.jobs.evaluate import evaluate

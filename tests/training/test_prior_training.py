@@ -224,7 +224,8 @@ def test_shipped_recipes_are_valid_and_x8s_runs_stage_by_stage(tmp_path, ct_fold
     recipes = {name: recipe_of(REPO / "bundles" / name) for name in ("qdm_ct_x4", "qdm_ct_x8", "qdm_natural_x4", "vae_ct")}
     stages = ["train_prior", "train_prior_anneal", "train_prior_context", "train", "train_detail", "train_detail_lungs",
               "train_detail_context"]
-    assert recipes["qdm_ct_x8"] == [*stages[:3], "train_base", *stages[3:], "train_prior_refine", "train_detail_refine"]
+    assert recipes["qdm_ct_x8"] == [*stages[:3], "train_base", *stages[3:], "train_prior_refine", "train_detail_refine",
+                                    "train_detail_unrolled"]
     assert recipes["qdm_ct_x4"] == [*stages, "train_prior_refine", "train_detail_refine", "train_detail_onestep",
                                     "train_detail_sparse", "train_detail_unrolled"]
     assert recipes["qdm_natural_x4"] == ["train_prior", "train"]
@@ -237,8 +238,8 @@ def test_shipped_recipes_are_valid_and_x8s_runs_stage_by_stage(tmp_path, ct_fold
         cfg["train"]["init_from"] = shipped["train"].get("init_from")
         (bundle / "configs" / f"{name}.json").write_text(json.dumps(cfg))
     result = train_recipe(bundle, data=ct_folder, max_steps=1, output=tmp_path / "out", quiet=True, device="cpu")
-    assert result["recipe"] == recipes["qdm_ct_x8"] and result["output"] == str(tmp_path / "out" / "qdm_ct_x8-train_detail_refine")
-    state = torch.load(tmp_path / "out" / "qdm_ct_x8-train_detail_refine" / "models" / "model.pt", weights_only=True)
+    assert result["recipe"] == recipes["qdm_ct_x8"] and result["output"] == str(tmp_path / "out" / "qdm_ct_x8-train_detail_unrolled")
+    state = torch.load(tmp_path / "out" / "qdm_ct_x8-train_detail_unrolled" / "models" / "model.pt", weights_only=True)
     build_network(bundle).load_state_dict(state, strict=True)  # the last stage's run is the bundle's network
     refined = torch.load(tmp_path / "out" / "qdm_ct_x8-train_prior_refine" / "models" / "model.pt", weights_only=True)
     assert any(k.startswith("context.") for k in refined)
