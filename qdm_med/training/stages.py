@@ -248,8 +248,8 @@ class QDMStage(_AdversaryHooks):
         if t.get("init_from"):
             self._init_from(resolve_weights_path(t["init_from"], settings["bundle_dir"]))
 
-    def _unroll_settings(self, t: dict) -> tuple[dict | None, float]:
-        """``train.unroll`` checked against the sampler registry (ConfigError naming the problem) and its weight."""
+    def _unroll_settings(self, t: dict):
+        """``train.unroll`` as a sampler (ConfigError naming the problem; None without it) and its weight."""
         unroll = t.get("unroll")
         if not unroll:
             return None, 0.0
@@ -260,11 +260,11 @@ class QDMStage(_AdversaryHooks):
             raise ConfigError(f"train.unroll {unroll}: needs a sampler and its steps, e.g. {{'sampler': 'tss', 'steps': 4}}")
         if self.composite_threshold is None:
             raise ConfigError("train.unroll: set train.composite_threshold, the quadtree threshold the unrolled plan runs at")
-        make_sampler(params.pop("sampler"), params.pop("steps"), **params)  # validates name, steps and parameters
+        sampler = make_sampler(params.pop("sampler"), params.pop("steps"), **params)  # validates name, steps and parameters
         weight = float(t.get("unroll_weight", 1.0))
         if not math.isfinite(weight) or weight < 0:
             raise ConfigError(f"train.unroll_weight {weight}: must be >= 0")
-        return dict(unroll), weight
+        return sampler, weight
 
     def _load_prior(self, settings: dict) -> None:
         from qdm_med.bundle.weights import read_weights
@@ -314,10 +314,11 @@ class QDMStage(_AdversaryHooks):
         with torch.no_grad():
             up = self.prior(lr) if self.start == "prior" else bicubic_upsample(lr, self.scale).clamp(-1, 1)
             y, x0 = self.first_stage.encode(up), self.first_stage.encode(hr)
-            mask = qdm_masks(lr, self.train_threshold, self.scale, self.first_stage.factor).diffusion
-            active = mask  # the sparse path's active sites at composite_threshold (the training mask's when equal)
+            masks = qdm_masks(lr, self.train_threshold, self.scale, self.first_stage.factor)
+            composite = masks  # the sparse path's masks at composite_threshold (the training masks when equal)
             if self.composite_threshold is not None and self.composite_threshold != self.train_threshold:
-                active = qdm_masks(lr, self.composite_threshold, self.scale, self.first_stage.factor).diffusion
+                composite = qdm_masks(lr, self.composite_threshold, self.scale, self.first_stage.factor)
+            mask, active = masks.diffusion, composite.diffusion
             t = torch.randint(0, self.diffusion.num_timesteps, (hr.shape[0],), generator=generator)
             if self.t_final_prob > 0:  # drawn only then: runs without it keep their random stream
                 final = torch.rand(hr.shape[0], generator=generator) < self.t_final_prob
@@ -336,7 +337,7 @@ class QDMStage(_AdversaryHooks):
             return loss, logs
         pred = out["down"]
         if self.unroll is not None:  # the deterministic plan's output, gradients through every step
-            pred = self._unrolled(model, y, cond, lr, active, kwargs)
+            pred = self._unrolled(model, y, cond, lr, composite, kwargs)
             mse = F.mse_loss(pred, x0)
             loss, logs["mse_unrolled"] = loss + self.unroll_weight * mse, float(mse.detach())
         elif self.composite_threshold is not None:  # what the sparse path returns at that threshold
@@ -347,20 +348,13 @@ class QDMStage(_AdversaryHooks):
             loss, logs["lpips"] = loss + self.lpips_weight * p, float(p.detach())
         return _add_adversarial(self.adversary, self.adversarial_weight, loss, logs, pred, hr)
 
-    def _unrolled(self, model: nn.Module, y: torch.Tensor, cond: torch.Tensor, lr: torch.Tensor, active: torch.Tensor,
-                  kwargs: dict) -> torch.Tensor:
-        """x0 latent (B, Cz, h, w) of ``train.unroll``'s plan from ``y``, deterministic, at ``composite_threshold``
-        (diffusion mask ``active`` (B, h, w); the token mask of the same threshold picks down or up)."""
-        from qdm_med.diffusion import make_plan
-        from qdm_med.quadtree import qdm_masks
-
-        params = dict(self.unroll)
-        sampler, steps = params.pop("sampler"), params.pop("steps")
+    def _unrolled(self, model: nn.Module, y: torch.Tensor, cond: torch.Tensor, lr: torch.Tensor, masks, kwargs: dict) -> torch.Tensor:
+        """x0 latent (B, Cz, h, w) of ``train.unroll``'s plan from ``y``, deterministic, on the quadtree ``masks`` of
+        ``composite_threshold`` (diffusion mask; the token mask picks down or up)."""
         with torch.no_grad():
-            plan = make_plan(sampler, steps, self.diffusion.num_timesteps, lr=lr, latent_size=tuple(y.shape[-2:]), **params)
-            token = qdm_masks(lr, self.composite_threshold, self.scale, self.first_stage.factor).token
+            plan = self.unroll.plan(self.diffusion.num_timesteps, lr=lr, latent_size=tuple(y.shape[-2:]))
         kwargs = {k: v for k, v in kwargs.items() if k != "token_mask"}
-        return self.diffusion.unrolled(model, y, cond, plan, diffusion_mask=active, token_mask=token, model_kwargs=kwargs)
+        return self.diffusion.unrolled(model, y, cond, plan, diffusion_mask=masks.diffusion, token_mask=masks.token, model_kwargs=kwargs)
 
     def _lpips_term(self, pred: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         """LPIPS of (B, C, H, W) predictions against the HR, averaged over ``lpips_windows``."""
