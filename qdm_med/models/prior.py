@@ -21,6 +21,8 @@ scales and shifts those features (FiLM) before the rest of the stack. A 3x3 stac
 too few to tell aliased LR (``F.interpolate``'s or SciPy's defaults: the fidelity mode sharpens its aliasing
 and falls below bicubic) from antialiased LR; the image's band-energy ratios tell them apart. The MLP's last
 layer starts at zero, so a context prior starts as the same prior without it (``init_from`` a plain one).
+``context_floor`` averages those energies over the body only (pixels above the floor, e.g. -900 HU): the
+air around the body then does not dilute them, so the same body in a wider field of view gets the same context.
 When an image is tiled, the inferencers pin the whole image's band energies around its tiles
 (:meth:`ResidualCNN.pinned_context`), so every tile gets the modulation the untiled image would.
 
@@ -64,6 +66,9 @@ class ResidualCNN(nn.Module):
         blocks: residual blocks (0: the plain stack).
         unshuffle: pixel-unshuffle factor of the working space (4, the first stage's).
         context: width of the global degradation-context MLP (0: none).
+        context_floor: with a context, average the band energies over the pixels whose 4x4 (unshuffle) block
+            mean exceeds this value (model units: -0.919 is -900 HU in the CT window [-1024, 2048]), i.e. over
+            the body, so air around it does not dilute them; None averages over every pixel.
     """
 
     kind = "cnn"
@@ -71,12 +76,15 @@ class ResidualCNN(nn.Module):
     ADDED_BY_CONTEXT = "context."
 
     def __init__(self, scale: int, in_channels: int = 1, channels: int = 64, layers: int = 6, blocks: int = 0, unshuffle: int = 4,
-                 context: int = 0) -> None:
+                 context: int = 0, context_floor: float | None = None) -> None:
         super().__init__()
         if int(blocks) < 0 or (int(blocks) == 0 and int(layers) < 2):
             raise ConfigError(f"prior: blocks {blocks} / layers {layers}: need blocks >= 1 or layers >= 2")
         if int(context) < 0:
             raise ConfigError(f"prior: context {context}: need >= 0 (0: no global context)")
+        if context_floor is not None and (int(context) == 0 or not -1.0 <= float(context_floor) < 1.0):
+            raise ConfigError(f"prior: context_floor {context_floor}: needs a context (context > 0) and a value in [-1, 1) "
+                              "(model units; -0.9193 is -900 HU in the CT window [-1024, 2048])")
         self.scale, self.unshuffle = int(scale), int(unshuffle)
         self.in_channels = int(in_channels)
         io = self.in_channels * self.unshuffle**2
@@ -92,6 +100,7 @@ class ResidualCNN(nn.Module):
         nn.init.zeros_(self.tail.bias)
         self.split = 1 if int(blocks) > 0 else 2  # the first layer: head conv, or conv + ReLU
         self.context = None
+        self.context_floor = None if context_floor is None else float(context_floor)
         self._pinned: torch.Tensor | None = None  # the whole image's band energies (pinned_context)
         if int(context) > 0:
             self.context = nn.Sequential(nn.Linear(channels, int(context)), nn.ReLU(), nn.Linear(int(context), 2 * channels))
@@ -124,7 +133,7 @@ class ResidualCNN(nn.Module):
         up = self._upsample(lr)
         feat = self._first_layer(up)
         if self.context is not None:
-            feat = self.modulate(feat)
+            feat = self.modulate(feat, up)
         res = F.pixel_shuffle(self.tail(self.body[self.split :](feat)), self.unshuffle)
         return (up + res).clamp(-1, 1)
 
@@ -145,14 +154,22 @@ class ResidualCNN(nn.Module):
         """(B, C, H, W) bicubic upsampling -> (B, F, H/u, W/u) features of the first layer (u = unshuffle)."""
         return self.body[: self.split](F.pixel_unshuffle(up, self.unshuffle))
 
-    @staticmethod
-    def _band_energy(feat: torch.Tensor) -> torch.Tensor:
-        return torch.log(F.relu(feat).mean(dim=(2, 3)) + 1e-4)
+    def _band_energy(self, feat: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """First-layer features (B, F, H', W') of the bicubic upsampling ``up`` (B, C, H, W) -> log band
+        energies (B, F): the mean ReLU response over every pixel, or over the body (``context_floor``)."""
+        act = F.relu(feat)
+        if self.context_floor is None:
+            return torch.log(act.mean(dim=(2, 3)) + 1e-4)
+        body = (F.pixel_unshuffle(up, self.unshuffle).mean(1, keepdim=True) > self.context_floor).to(act.dtype)
+        # an image with nothing above the floor (all air) falls back to the mean over every pixel
+        body = torch.where(body.sum(dim=(2, 3), keepdim=True) > 0, body, torch.ones_like(body))
+        return torch.log((act * body).sum(dim=(2, 3)) / body.sum(dim=(2, 3)) + 1e-4)
 
-    def modulate(self, feat: torch.Tensor) -> torch.Tensor:
-        """FiLM of the first layer's features (B, F, H', W') by the image's log band energies (B, F): those
-        of ``feat`` itself, or the whole image's inside :meth:`pinned_context`."""
-        energy = self._band_energy(feat) if self._pinned is None else self._pinned
+    def modulate(self, feat: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """FiLM of the first layer's features (B, F, H', W') of the bicubic upsampling ``up`` (B, C, H, W)
+        by the image's log band energies (B, F): those of ``feat`` itself, or the whole image's inside
+        :meth:`pinned_context`."""
+        energy = self._band_energy(feat, up) if self._pinned is None else self._pinned
         if energy.shape[0] != feat.shape[0]:
             raise ValueError(f"pinned context of {energy.shape[0]} image(s) for a batch of {feat.shape[0]}")
         gamma, beta = self.context(energy).chunk(2, dim=1)
@@ -166,7 +183,8 @@ class ResidualCNN(nn.Module):
         if self.context is None:
             yield
             return
-        self._pinned = self._band_energy(self._first_layer(self._upsample(lr)))
+        up = self._upsample(lr)
+        self._pinned = self._band_energy(self._first_layer(up), up)
         try:
             yield
         finally:

@@ -145,6 +145,35 @@ def test_context_prior_starts_as_the_plain_prior_and_sees_the_whole_image():
 
 
 @torch.no_grad()
+def test_context_floor_averages_the_band_energies_over_the_body_only():
+    torch.manual_seed(0)
+    net = ResidualCNN(4, channels=8, layers=4, context=6, context_floor=-0.9)
+    whole = ResidualCNN(4, channels=8, layers=4, context=6)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    whole.load_state_dict(net.state_dict())
+    body = torch.rand(1, 1, 16, 16) * 1.6 - 0.8  # every pixel above the floor
+    padded = F.pad(body, (4, 4, 4, 4), value=-1.0)  # a body in air
+    wider = F.pad(body, (40, 40, 40, 40), value=-1.0)  # the same body in a wider field of view
+    energy = lambda m, x: m._band_energy(m._first_layer(m._upsample(x)), m._upsample(x))  # noqa: E731
+    up = net._upsample(padded)
+    feat = F.relu(net._first_layer(up))
+    mask = F.avg_pool2d(up, 4) > -0.9  # the 4x4 blocks of the bicubic upsampling above the floor
+    expected = torch.log((feat * mask).sum((2, 3)) / mask.sum((2, 3)) + 1e-4)
+    assert torch.allclose(energy(net, padded), expected, atol=1e-6)
+    assert torch.allclose(energy(whole, padded), torch.log(feat.mean((2, 3)) + 1e-4), atol=1e-6)
+    # the field of view moves the whole-image energies, not the body-only ones
+    assert (energy(whole, padded) - energy(whole, wider)).abs().max() > 1.0
+    assert torch.allclose(energy(net, padded), energy(net, wider), atol=1e-5)
+    air = torch.full((1, 1, 8, 8), -1.0)  # nothing above the floor: the mean over every pixel
+    assert torch.equal(energy(net, air), energy(whole, air))
+    assert build_prior({"kind": "cnn", "context": 4, "context_floor": -0.9}, 4).context_floor == -0.9
+    for bad in ({"context_floor": -0.9}, {"context": 4, "context_floor": 1.5}):  # no context to read; above the window
+        with pytest.raises(ConfigError, match="context_floor"):
+            build_prior({"kind": "cnn", **bad}, 4)
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("seed", [None, 3])
 def test_tiles_share_the_whole_images_context(seed):
     import numpy as np

@@ -226,8 +226,17 @@ def test_shipped_recipes_are_valid_and_x8s_runs_stage_by_stage(tmp_path, ct_fold
               "train_detail_context"]
     assert recipes["qdm_ct_x8"] == [*stages[:3], "train_base", *stages[3:], "train_prior_refine", "train_detail_refine",
                                     "train_detail_unrolled"]
-    assert recipes["qdm_ct_x4"] == [*stages, "train_prior_refine", "train_detail_refine", "train_detail_onestep",
-                                    "train_detail_sparse", "train_detail_unrolled"]
+    assert recipes["qdm_ct_x4"] == [*stages, "train_prior_refine", "train_prior_floor", "train_detail_refine",
+                                    "train_detail_onestep", "train_detail_sparse", "train_detail_unrolled"]
+    # x4's last stage runs from (and ships) the prior whose context is read over the body; the stages before ran
+    # from the refined prior, as they did
+    x4 = {n: json.loads((REPO / "bundles" / "qdm_ct_x4" / "configs" / f"{n}.json").read_text())
+          for n in ("train", "train_prior_floor", "train_detail_refine", "train_detail_unrolled")}
+    assert x4["train_prior_floor"]["train"]["init_from"] == "runs/qdm_ct_x4-train_prior_refine/models/model.pt"
+    assert x4["train_detail_unrolled"]["prior"] == x4["train"]["prior"]
+    assert x4["train"]["prior"]["weights"] == "runs/qdm_ct_x4-train_prior_floor/models/model.pt"
+    assert x4["train"]["prior"]["context_floor"] == x4["train_prior_floor"]["prior"]["context_floor"] == -0.9193
+    assert "context_floor" not in x4["train_detail_refine"]["prior"]
     assert recipes["qdm_natural_x4"] == ["train_prior", "train"]
     lp = tmp_path / "lpips.pt"
     torch.save(build_lpips().state_dict(), lp)  # random AlexNet weights: the term's plumbing, not its quality
