@@ -67,7 +67,7 @@ class ResidualCNN(nn.Module):
         unshuffle: pixel-unshuffle factor of the working space (4, the first stage's).
         context: width of the global degradation-context MLP (0: none).
         context_floor: with a context, average the band energies over the pixels whose 4x4 (unshuffle) block
-            mean exceeds this value (model units: -0.919 is -900 HU in the CT window [-1024, 2048]), i.e. over
+            mean exceeds this value (model units: -0.9193 is -900 HU in the CT window [-1024, 2048]), i.e. over
             the body, so air around it does not dilute them; None averages over every pixel.
     """
 
