@@ -160,7 +160,7 @@ class ResidualCNN(nn.Module):
         act = F.relu(feat)
         if self.context_floor is None:
             return torch.log(act.mean(dim=(2, 3)) + 1e-4)
-        body = (F.pixel_unshuffle(up, self.unshuffle).mean(1, keepdim=True) > self.context_floor).to(act.dtype)
+        body = (F.avg_pool2d(up, self.unshuffle).mean(1, keepdim=True) > self.context_floor).to(act.dtype)  # block means
         # an image with nothing above the floor (all air) falls back to the mean over every pixel
         body = torch.where(body.sum(dim=(2, 3), keepdim=True) > 0, body, torch.ones_like(body))
         return torch.log((act * body).sum(dim=(2, 3)) / body.sum(dim=(2, 3)) + 1e-4)
