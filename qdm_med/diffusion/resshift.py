@@ -39,7 +39,9 @@ UNMASKED_MEANS = ("x0", "posterior")
 
 
 def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+    # Drawn where the generator lives (training keeps a CPU generator for CUDA batches too), then moved.
+    device = like.device if generator is None else generator.device
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
 
 
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -283,11 +285,14 @@ class ResShiftDiffusion:
         return self.chain(model, y, lr, *args, **kwargs)
 
     def unrolled(self, model, y: torch.Tensor, lr: torch.Tensor, timesteps, diffusion_mask=None, token_mask: torch.Tensor | None = None,
-                 model_kwargs: dict | None = None) -> torch.Tensor:
-        """The deterministic chain (posterior means, dense model calls) with gradients through every step -> the x0
-        latent (B, Cz, h, w) that ``sample(..., sparse=False, stochastic=False)`` returns. Training a few-step plan
-        where it runs (``train.unroll``) backpropagates through it; ``model_kwargs`` go to every model call."""
-        return self.chain(model, y, lr, diffusion_mask, token_mask, timesteps, sparse=False, stochastic=False, model_kwargs=model_kwargs)[0]
+                 model_kwargs: dict | None = None, stochastic: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The chain (dense model calls) with gradients through every step -> the x0 latent (B, Cz, h, w) that
+        ``sample(..., sparse=False, stochastic=stochastic, generator=generator)`` returns. Deterministic: posterior
+        means from ``y``; stochastic: the prior's draw and each step's noise, reparameterised (gradients flow through
+        the means). Training a few-step plan where it runs (``train.unroll``) backpropagates through it;
+        ``model_kwargs`` go to every model call."""
+        return self.chain(model, y, lr, diffusion_mask, token_mask, timesteps, generator=generator, sparse=False,
+                          stochastic=stochastic, model_kwargs=model_kwargs)[0]
 
     def chain(
         self,

@@ -24,7 +24,8 @@ Optional terms (``train`` settings, all 0 by default):
   output of that deterministic n-step plan at ``composite_threshold``, run with gradients through every step
   (the chain the detail mode samples), and ``unroll_weight`` x MSE(its x0 latent, x0) joins the dual loss. One
   call at a time at a random t never shows the model the states its own plan feeds it; unrolled, every call
-  trains on them.
+  trains on them. ``"stochastic": true`` runs the plan as the stochastic sampler does (the prior's draw and each
+  step's noise, from the training generator), so the model learns what to make of the noise it is given.
 - QDM ``t_final_prob``: probability that a sample trains at the prior's step t = T - 1 instead of a
   uniform step. The one-step sampler predicts x0 only there, while uniform steps spend 14 of 15 samples
   on steps where ``x_t`` already holds most of x0 (and the downstream stream learns to copy it).
@@ -240,7 +241,7 @@ class QDMStage(_AdversaryHooks):
         self.t_final_prob = float(t.get("t_final_prob", 0.0))
         if not 0.0 <= self.t_final_prob <= 1.0:
             raise ConfigError(f"train.t_final_prob {self.t_final_prob}: must be in [0, 1]")
-        self.unroll, self.unroll_weight = self._unroll_settings(t)
+        self.unroll, self.unroll_weight, self.unroll_stochastic = self._unroll_settings(t)
         self.lpips = _lpips_module(settings) if self.lpips_weight > 0 else None
         self.lpips_windows = _lpips_windows(settings)
         self.adversarial_weight = float(t.get("adversarial_weight", 0.0))
@@ -249,22 +250,26 @@ class QDMStage(_AdversaryHooks):
             self._init_from(resolve_weights_path(t["init_from"], settings["bundle_dir"]))
 
     def _unroll_settings(self, t: dict):
-        """``train.unroll`` as a sampler (ConfigError naming the problem; None without it) and its weight."""
+        """``train.unroll`` as a sampler (ConfigError naming the problem; None without it), its weight and whether
+        the plan runs stochastic."""
         unroll = t.get("unroll")
         if not unroll:
-            return None, 0.0
+            return None, 0.0, False
         from qdm_med.diffusion import make_sampler
 
         params = dict(unroll)
         if "sampler" not in params or "steps" not in params:
             raise ConfigError(f"train.unroll {unroll}: needs a sampler and its steps, e.g. {{'sampler': 'tss', 'steps': 4}}")
+        stochastic = params.pop("stochastic", False)
+        if not isinstance(stochastic, bool):
+            raise ConfigError(f"train.unroll.stochastic {stochastic!r}: must be true or false")
         if self.composite_threshold is None:
             raise ConfigError("train.unroll: set train.composite_threshold, the quadtree threshold the unrolled plan runs at")
         sampler = make_sampler(params.pop("sampler"), params.pop("steps"), **params)  # validates name, steps and parameters
         weight = float(t.get("unroll_weight", 1.0))
         if not math.isfinite(weight) or weight < 0:
             raise ConfigError(f"train.unroll_weight {weight}: must be >= 0")
-        return sampler, weight
+        return sampler, weight, stochastic
 
     def _load_prior(self, settings: dict) -> None:
         from qdm_med.bundle.weights import read_weights
@@ -337,7 +342,7 @@ class QDMStage(_AdversaryHooks):
             return loss, logs
         pred = out["down"]
         if self.unroll is not None:  # the deterministic plan's output, gradients through every step
-            pred = self._unrolled(model, y, cond, lr, composite, kwargs)
+            pred = self._unrolled(model, y, cond, lr, composite, kwargs, generator)
             mse = F.mse_loss(pred, x0)
             loss, logs["mse_unrolled"] = loss + self.unroll_weight * mse, float(mse.detach())
         elif self.composite_threshold is not None:  # what the sparse path returns at that threshold
@@ -348,13 +353,15 @@ class QDMStage(_AdversaryHooks):
             loss, logs["lpips"] = loss + self.lpips_weight * p, float(p.detach())
         return _add_adversarial(self.adversary, self.adversarial_weight, loss, logs, pred, hr)
 
-    def _unrolled(self, model: nn.Module, y: torch.Tensor, cond: torch.Tensor, lr: torch.Tensor, masks, kwargs: dict) -> torch.Tensor:
-        """x0 latent (B, Cz, h, w) of ``train.unroll``'s plan from ``y``, deterministic, on the quadtree ``masks`` of
-        ``composite_threshold`` (diffusion mask; the token mask picks down or up)."""
+    def _unrolled(self, model: nn.Module, y: torch.Tensor, cond: torch.Tensor, lr: torch.Tensor, masks, kwargs: dict,
+                  generator: torch.Generator) -> torch.Tensor:
+        """x0 latent (B, Cz, h, w) of ``train.unroll``'s plan from ``y`` (deterministic unless ``unroll.stochastic``)
+        on the quadtree ``masks`` of ``composite_threshold`` (diffusion mask; the token mask picks down or up)."""
         with torch.no_grad():
             plan = self.unroll.plan(self.diffusion.num_timesteps, lr=lr, latent_size=tuple(y.shape[-2:]))
         kwargs = {k: v for k, v in kwargs.items() if k != "token_mask"}
-        return self.diffusion.unrolled(model, y, cond, plan, diffusion_mask=masks.diffusion, token_mask=masks.token, model_kwargs=kwargs)
+        return self.diffusion.unrolled(model, y, cond, plan, diffusion_mask=masks.diffusion, token_mask=masks.token, model_kwargs=kwargs,
+                                       stochastic=self.unroll_stochastic, generator=generator if self.unroll_stochastic else None)
 
     def _lpips_term(self, pred: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         """LPIPS of (B, C, H, W) predictions against the HR, averaged over ``lpips_windows``."""

@@ -389,6 +389,34 @@ def test_unrolled_chain_is_the_deterministic_sample_with_gradients(diff, steps):
     torch.testing.assert_close(model.c.grad.double(), c.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_stochastic_unrolled_chain_is_the_seeded_sample_with_gradients(diff):
+    """``unrolled(stochastic=True)`` returns what the stochastic sampler returns for the same generator state (the
+    prior's draw and each step's noise), different draws give different outputs, and the gradient reaches the model
+    through the reparameterised means."""
+    x0, y = _latents(shape=(1, 2, 4, 4))
+    mask, token = _half_mask(), torch.tensor([[[True, False], [True, False]]])
+
+    class Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Parameter(torch.tensor(0.7))
+
+        def forward(self, x_in, t, lr):
+            return self.c * x_in, 0.25 * self.c * x_in
+
+    model, plan = Linear(), make_plan("uniform", 3, 15)
+    out = diff.unrolled(model, y, None, plan, mask, token, stochastic=True, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        sampled, _ = diff.sample(model, y, None, mask, token, plan, generator=torch.Generator().manual_seed(5), sparse=False,
+                                 stochastic=True)
+        other = diff.unrolled(model, y, None, plan, mask, token, stochastic=True, generator=torch.Generator().manual_seed(6))
+        mean = diff.unrolled(model, y, None, plan, mask, token)
+    torch.testing.assert_close(out.detach(), sampled)
+    assert (out.detach() - other).abs().max() > 1e-3 and (out.detach() - mean).abs().max() > 1e-3
+    out.sum().backward()
+    assert model.c.grad is not None and torch.isfinite(model.c.grad) and model.c.grad != 0
+
+
 def test_bundle_diffusion_section_selects_the_inactive_sites_mean():
     """``diffusion.unmasked_mean`` in a bundle config reaches the process (default "x0", the SPEC's); "posterior"
     keeps inactive sites on the training marginal: from x_t = x0 + eta_t e0 and a perfect prediction the

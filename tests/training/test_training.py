@@ -626,3 +626,16 @@ def test_unroll_judges_the_deterministic_plans_output_and_trains_through_every_s
         stage_for("nosteps", composite_threshold=0.5, unroll={"sampler": "tss"})
     with pytest.raises(ConfigError, match="unknown"):
         stage_for("badsampler", composite_threshold=0.5, unroll={"sampler": "ddim", "steps": 2})
+    with pytest.raises(ConfigError, match="unroll.stochastic 'yes': must be true or false"):
+        stage_for("badflag", composite_threshold=0.5, unroll={"sampler": "tss", "steps": 2, "stochastic": "yes"})
+
+    # "stochastic": the plan runs as the stochastic sampler, its noise from the training generator
+    stage = stage_for("noisy", composite_threshold=0.5, unroll={"sampler": "tss", "steps": 2, "stochastic": True})
+    stage.lpips = Recorder()
+    calls, unrolled = [], stage.diffusion.unrolled
+    stage.diffusion.unrolled = lambda *a, **k: calls.append(k) or unrolled(*a, **k)
+    gen = torch.Generator().manual_seed(0)
+    stage.loss(stage.model, hr, lr, gen)
+    assert calls[0]["stochastic"] is True and calls[0]["generator"] is gen
+    plain = stage_for("plain", composite_threshold=0.5, unroll={"sampler": "tss", "steps": 2})
+    assert stage.unroll_stochastic and not plain.unroll_stochastic
