@@ -341,7 +341,7 @@ class QDMStage(_AdversaryHooks):
         if self.lpips is None and self.adversary is None and self.unroll is None:
             return loss, logs
         pred = out["down"]
-        if self.unroll is not None:  # the deterministic plan's output, gradients through every step
+        if self.unroll is not None:  # the plan's output (deterministic unless unroll.stochastic), gradients through every step
             pred = self._unrolled(model, y, cond, lr, composite, kwargs, generator)
             mse = F.mse_loss(pred, x0)
             loss, logs["mse_unrolled"] = loss + self.unroll_weight * mse, float(mse.detach())
