@@ -361,7 +361,7 @@ class QDMStage(_AdversaryHooks):
             plan = self.unroll.plan(self.diffusion.num_timesteps, lr=lr, latent_size=tuple(y.shape[-2:]))
         kwargs = {k: v for k, v in kwargs.items() if k != "token_mask"}
         return self.diffusion.unrolled(model, y, cond, plan, diffusion_mask=masks.diffusion, token_mask=masks.token, model_kwargs=kwargs,
-                                       stochastic=self.unroll_stochastic, generator=generator if self.unroll_stochastic else None)
+                                       stochastic=self.unroll_stochastic, generator=generator)
 
     def _lpips_term(self, pred: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         """LPIPS of (B, C, H, W) predictions against the HR, averaged over ``lpips_windows``."""

@@ -348,6 +348,19 @@ def test_sampling_with_a_model_that_depends_on_x_t_follows_the_reverse_recursion
         assert not torch.allclose(out, 0.5 * y / np.sqrt(etas[ts[-1]] * KAPPA**2 + 1))
 
 
+class _TrainableScale(torch.nn.Module):
+    """Stand-in with one weight c: down = c x_in, up = c x_in / 4; records each call's ``pos_offset``."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = torch.nn.Parameter(torch.tensor(0.7))
+        self.calls = []
+
+    def forward(self, x_in, t, lr, pos_offset=(0, 0)):
+        self.calls.append(pos_offset)
+        return self.c * x_in, 0.25 * self.c * x_in
+
+
 @pytest.mark.parametrize("steps", [1, 3])
 def test_unrolled_chain_is_the_deterministic_sample_with_gradients(diff, steps):
     """``unrolled`` returns what ``sample(sparse=False, stochastic=False)`` returns, and its gradient with respect to
@@ -355,23 +368,12 @@ def test_unrolled_chain_is_the_deterministic_sample_with_gradients(diff, steps):
     the x0 prediction at inactive sites); the model kwargs reach every call."""
     x0, y = _latents(shape=(1, 2, 4, 4))
     mask, token = _half_mask(), torch.tensor([[[True, False], [True, False]]])
-    calls = []
-
-    class Linear(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c = torch.nn.Parameter(torch.tensor(0.7))
-
-        def forward(self, x_in, t, lr, pos_offset=(0, 0)):
-            calls.append(pos_offset)
-            return self.c * x_in, 0.25 * self.c * x_in
-
-    model, plan = Linear(), make_plan("uniform", steps, 15)
+    model, plan = _TrainableScale(), make_plan("uniform", steps, 15)
     out = diff.unrolled(model, y, None, plan, mask, token, model_kwargs={"pos_offset": (3, 1)})
     with torch.no_grad():
         sampled, _ = diff.sample(model, y, None, mask, token, plan, sparse=False, stochastic=False)
     torch.testing.assert_close(out.detach(), sampled)
-    assert calls == [(3, 1)] * steps + [(0, 0)] * steps
+    assert model.calls == [(3, 1)] * steps + [(0, 0)] * steps
     out.sum().backward()
 
     c = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
@@ -395,16 +397,7 @@ def test_stochastic_unrolled_chain_is_the_seeded_sample_with_gradients(diff):
     through the reparameterised means."""
     x0, y = _latents(shape=(1, 2, 4, 4))
     mask, token = _half_mask(), torch.tensor([[[True, False], [True, False]]])
-
-    class Linear(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c = torch.nn.Parameter(torch.tensor(0.7))
-
-        def forward(self, x_in, t, lr):
-            return self.c * x_in, 0.25 * self.c * x_in
-
-    model, plan = Linear(), make_plan("uniform", 3, 15)
+    model, plan = _TrainableScale(), make_plan("uniform", 3, 15)
     out = diff.unrolled(model, y, None, plan, mask, token, stochastic=True, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         sampled, _ = diff.sample(model, y, None, mask, token, plan, generator=torch.Generator().manual_seed(5), sparse=False,
