@@ -1,0 +1,95 @@
+"""How much a bundle's QDM reads its noisy state x_t, call by call (issue 16's sampler diagnostics).
+
+For one axial slice (LR made by PIL's bicubic ``resize``) and each timestep t, the sparse path's x0 prediction is
+computed twice, from x_t = y (the latent of the residual shift's start: the prior's prediction or bicubic) and from
+x_t = x0 (the HR's latent), at the quadtree threshold s. ``change`` is the RMS difference of the two predictions
+over RMS(x0 - y): 0 when the call ignores its state (every sampling plan then ends on the same image), 1 when it
+copies it. ``err_y`` / ``err_x0`` are each prediction's RMS error against x0 over the same RMS.
+
+    python scripts/state_dependence.py --bundle bundles/qdm_ct_x4 --threshold 0.9 \\
+        --hr $QDM_MED_DATA/ct/totalsegmentator_abdomen.nii.gz --slice 10
+
+Prints a Markdown table; ``--json`` writes the rows too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TIMESTEPS = (14, 7, 2, 0)
+
+
+def pil_bicubic_lr(slice_hu: np.ndarray, scale: int) -> np.ndarray:
+    """(H, W) HU -> (H/s, W/s) HU by PIL's antialiased bicubic resize (the protocol's first LR kind)."""
+    from PIL import Image
+
+    h, w = slice_hu.shape[0] // scale, slice_hu.shape[1] // scale
+    return np.asarray(Image.fromarray(slice_hu.astype(np.float32), mode="F").resize((w, h), Image.BICUBIC), dtype=np.float32)
+
+
+@torch.no_grad()
+def state_dependence(sr, lr: torch.Tensor, hr: torch.Tensor, threshold: float, timesteps=TIMESTEPS) -> dict:
+    """``{"token_density", "rows": [{"t", "change", "err_y", "err_x0"}]}`` for one (1, C, h, w) LR and its
+    (1, C, h*s, w*s) HR, both in [-1, 1]; ``sr`` is a bundle's LR -> SR module (``load_bundle(...).pipeline``)."""
+    from qdm_med.quadtree import qdm_masks
+
+    y = sr.first_stage.encode(sr.start_image(lr))
+    x0 = sr.first_stage.encode(hr)
+    masks = qdm_masks(lr, threshold, sr.scale, sr.first_stage.factor)
+    cond = sr.qdm.conditioning(lr, y)
+    scale = float((x0 - y).pow(2).mean().sqrt())
+    if scale == 0.0:
+        raise ValueError("the start equals the HR: nothing to measure")
+    rows = []
+    for t in timesteps:
+        tt = torch.full((1,), float(t))
+        from_y, _ = sr.qdm.forward_sparse(sr.diffusion.normalize(y, t), tt, cond, masks.token)
+        from_x0, _ = sr.qdm.forward_sparse(sr.diffusion.normalize(x0, t), tt, cond, masks.token)
+        rms = lambda d: float(d.pow(2).mean().sqrt()) / scale  # noqa: E731
+        rows.append({"t": t, "change": rms(from_x0 - from_y), "err_y": rms(from_y - x0), "err_x0": rms(from_x0 - x0)})
+    return {"token_density": float(masks.token.float().mean()), "rows": rows}
+
+
+def main() -> None:
+    from qdm_med.bundle.loader import load_bundle
+    from qdm_med.io import load_volume
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--threshold", type=float, required=True, help="quadtree threshold s of the sparse path")
+    ap.add_argument("--hr", required=True, help="an HR CT volume")
+    ap.add_argument("--slice", type=int, default=None, help="axial slice index (default: the middle one)")
+    ap.add_argument("--timesteps", default=",".join(str(t) for t in TIMESTEPS))
+    ap.add_argument("--json", default=None, help="also write the result here")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    bundle = load_bundle(args.bundle)
+    sr, scale, (lo, hi) = bundle.pipeline.eval(), bundle.scale, bundle.window
+    vol = load_volume(args.hr)
+    k = vol.array.shape[2] // 2 if args.slice is None else args.slice
+    if not 0 <= k < vol.array.shape[2]:
+        raise SystemExit(f"{args.hr}: slice {k} is outside 0..{vol.array.shape[2] - 1}")
+    hu = vol.array[:, :, k].T.astype(np.float32)
+    m = sr.lr_multiple * scale
+    hu = hu[: hu.shape[0] // m * m, : hu.shape[1] // m * m]
+
+    def to_model(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.clip((a - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0))[None, None].float()
+
+    result = state_dependence(sr, to_model(pil_bicubic_lr(hu, scale)), to_model(hu), args.threshold,
+                              tuple(int(t) for t in args.timesteps.split(",")))
+    print(f"{Path(args.bundle).name}, s = {args.threshold:g}, slice {k}: token density {result['token_density']:.4f}\n")
+    print("| t | change | err from y | err from x0 |\n|---|---|---|---|")
+    for r in result["rows"]:
+        print(f"| {r['t']} | {r['change']:.3f} | {r['err_y']:.3f} | {r['err_x0']:.3f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"bundle": args.bundle, "threshold": args.threshold, "slice": k, **result}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
