@@ -56,6 +56,15 @@ def state_dependence(sr, lr: torch.Tensor, hr: torch.Tensor, threshold: float, t
 
 
 def main() -> None:
+    from qdm_med.errors import QDMError
+
+    try:
+        run()
+    except QDMError as err:  # a bad bundle or volume: one line, no traceback
+        raise SystemExit(f"error: {err}") from None
+
+
+def run() -> None:
     from qdm_med.bundle.loader import load_bundle
     from qdm_med.io import load_volume
 
@@ -67,7 +76,6 @@ def main() -> None:
     ap.add_argument("--timesteps", default=",".join(str(t) for t in TIMESTEPS))
     ap.add_argument("--json", default=None, help="also write the result here")
     args = ap.parse_args()
-    torch.manual_seed(0)
     bundle = load_bundle(args.bundle)
     sr, scale, (lo, hi) = bundle.pipeline.eval(), bundle.scale, bundle.window
     vol = load_volume(args.hr)

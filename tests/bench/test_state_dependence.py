@@ -82,3 +82,9 @@ def test_pil_lr_is_the_block_size_of_the_scale(state_dependence):
     hu = np.full((64, 48), 40.0, np.float32)
     lr = state_dependence.pil_bicubic_lr(hu, 4)
     assert lr.shape == (16, 12) and np.allclose(lr, 40.0, atol=1e-3)
+
+
+def test_a_folder_that_is_not_a_bundle_is_one_line(state_dependence, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["state_dependence.py", "--bundle", str(tmp_path), "--threshold", "0.3", "--hr", "x.nii.gz"])
+    with pytest.raises(SystemExit, match=f"error: {tmp_path}: not a bundle"):
+        state_dependence.main()
