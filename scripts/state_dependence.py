@@ -15,6 +15,7 @@ Prints a Markdown table; ``--json`` writes the rows too.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from pathlib import Path
 
@@ -24,12 +25,12 @@ import torch
 TIMESTEPS = (14, 7, 2, 0)
 
 
-def pil_bicubic_lr(slice_hu: np.ndarray, scale: int) -> np.ndarray:
-    """(H, W) HU -> (H/s, W/s) HU by PIL's antialiased bicubic resize (the protocol's first LR kind)."""
-    from PIL import Image
-
-    h, w = slice_hu.shape[0] // scale, slice_hu.shape[1] // scale
-    return np.asarray(Image.fromarray(slice_hu.astype(np.float32), mode="F").resize((w, h), Image.BICUBIC), dtype=np.float32)
+def protocol_lr(slice_hu: np.ndarray, scale: int) -> np.ndarray:
+    """(H, W) HU -> (H/s, W/s) HU: ``scripts/region_eval.py``'s ``pil_bicubic`` LR kind (a sibling script)."""
+    spec = importlib.util.spec_from_file_location("region_eval", Path(__file__).with_name("region_eval.py"))
+    region_eval = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(region_eval)
+    return region_eval.make_lr(slice_hu, scale, "pil_bicubic", 0.0, seed=0)
 
 
 @torch.no_grad()
@@ -45,12 +46,15 @@ def state_dependence(sr, lr: torch.Tensor, hr: torch.Tensor, threshold: float, t
     scale = float((x0 - y).pow(2).mean().sqrt())
     if scale == 0.0:
         raise ValueError("the start equals the HR: nothing to measure")
+
+    def rms(d: torch.Tensor) -> float:
+        return float(d.pow(2).mean().sqrt()) / scale
+
     rows = []
     for t in timesteps:
         tt = torch.full((1,), float(t))
         from_y, _ = sr.qdm.forward_sparse(sr.diffusion.normalize(y, t), tt, cond, masks.token)
         from_x0, _ = sr.qdm.forward_sparse(sr.diffusion.normalize(x0, t), tt, cond, masks.token)
-        rms = lambda d: float(d.pow(2).mean().sqrt()) / scale  # noqa: E731
         rows.append({"t": t, "change": rms(from_x0 - from_y), "err_y": rms(from_y - x0), "err_x0": rms(from_x0 - x0)})
     return {"token_density": float(masks.token.float().mean()), "rows": rows}
 
@@ -67,6 +71,7 @@ def main() -> None:
 def run() -> None:
     from qdm_med.bundle.loader import load_bundle
     from qdm_med.io import load_volume
+    from qdm_med.transforms.window import HUWindow
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", required=True)
@@ -86,10 +91,12 @@ def run() -> None:
     m = sr.lr_multiple * scale
     hu = hu[: hu.shape[0] // m * m, : hu.shape[1] // m * m]
 
-    def to_model(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.clip((a - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0))[None, None].float()
+    window = HUWindow(lo, hi)
 
-    result = state_dependence(sr, to_model(pil_bicubic_lr(hu, scale)), to_model(hu), args.threshold,
+    def to_model(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(window(a))[None, None]
+
+    result = state_dependence(sr, to_model(protocol_lr(hu, scale)), to_model(hu), args.threshold,
                               tuple(int(t) for t in args.timesteps.split(",")))
     print(f"{Path(args.bundle).name}, s = {args.threshold:g}, slice {k}: token density {result['token_density']:.4f}\n")
     print("| t | change | err from y | err from x0 |\n|---|---|---|---|")

@@ -38,8 +38,7 @@ class _Network:
     def forward_sparse(self, x_in, t, cond, token_mask):
         if self.mode == "ignore":
             return cond.clone(), {}
-        step = int(t[0])
-        return x_in * float((self.diffusion._eta64(step) * self.diffusion.kappa**2 + 1.0).sqrt()), {}
+        return x_in / self.diffusion.normalize(torch.ones_like(x_in), int(t[0])), {}
 
 
 def _sr(mode: str, start: torch.Tensor) -> SimpleNamespace:
@@ -80,7 +79,7 @@ def test_a_start_equal_to_the_hr_is_refused(state_dependence):
 
 def test_pil_lr_is_the_block_size_of_the_scale(state_dependence):
     hu = np.full((64, 48), 40.0, np.float32)
-    lr = state_dependence.pil_bicubic_lr(hu, 4)
+    lr = state_dependence.protocol_lr(hu, 4)
     assert lr.shape == (16, 12) and np.allclose(lr, 40.0, atol=1e-3)
 
 
