@@ -77,10 +77,22 @@ class DualStreamQDM(nn.Module):
             (:attr:`ADDED_BY_DETAIL_BLOCKS` names their parameters).
         token_sparse: token-level instead of window-level sparsity (module docstring). It changes what the
             model computes (self-attention is split by the mask), not its parameters.
+        state_skip_steps: length of a learned gate table g over steps 0..n-1 (0 = none; set it to the
+            diffusion's T). Both outputs gain ``g(t) * (x_in - y)``, ``g`` interpolated linearly at real-valued
+            (and per-pixel) ``t``: the skip EDM's preconditioning has (``c_skip``). At small t the state is
+            x0 plus a little noise, but neither stream can copy it: the upstream sees it through 8x8 patches, the
+            downstream through a 2x2 patch embedding that cannot tell t = 0 from t = 1, and without the skip
+            every sampling plan ends on the image the last call makes from y alone. Needs ``cond="latent"``;
+            the gate starts at 0, so a trained model given it keeps its output (:attr:`STATE_GATE`).
     """
 
     #: parameter-name prefix of the detail branch's residual blocks (absent from models without them)
     ADDED_BY_DETAIL_BLOCKS = "detail.res."
+    #: the state skip's gate table (absent from models without it)
+    STATE_GATE = "state_gate"
+    #: the gate is stored divided by this, so that Adam's per-step change (about the learning rate) moves it this
+    #: many times faster than a network weight: a new gate reaches its value within one fine-tune
+    STATE_GATE_SCALE = 10.0
     #: side, in tokens, of the units the sparse path computes the detail branch on (divides the window)
     DETAIL_UNIT = 2
     #: above this fraction of active units the sparse path runs the detail branch over the whole image:
@@ -109,10 +121,13 @@ class DualStreamQDM(nn.Module):
         detail_channels: int = 0,
         detail_blocks: int = 0,
         token_sparse: bool = False,
+        state_skip_steps: int = 0,
     ) -> None:
         super().__init__()
         if cond not in ("lr", "latent"):
             raise ValueError(f"cond {cond!r}: use 'lr' or 'latent'")
+        if state_skip_steps and (cond != "latent" or state_skip_steps < 2):
+            raise ValueError(f"state_skip_steps {state_skip_steps}: needs cond='latent' and at least 2 steps (0 = no state skip)")
         self.cond = cond
         self.latent_channels = int(latent_channels)
         self.lr_channels = self.latent_channels if cond == "latent" else int(lr_channels)
@@ -147,6 +162,8 @@ class DualStreamQDM(nn.Module):
         self.detail = None
         if self.detail_channels > 0:
             self.detail = DetailBranch(cin + 1, self.detail_channels, self.latent_channels, self.detail_blocks)
+        self.state_skip_steps = int(state_skip_steps)
+        self.state_gate = nn.Parameter(torch.zeros(self.state_skip_steps)) if self.state_skip_steps else None
         # checkpoints written before the branch had named layers load too
         self._register_load_state_dict_pre_hook(lambda sd, prefix, *_: DetailBranch.remap_legacy_keys(sd, prefix))
         self.initialize_weights()
@@ -179,9 +196,24 @@ class DualStreamQDM(nn.Module):
         """What to pass as the model's ``lr`` argument: the LR image, or ``y`` when ``cond="latent"``."""
         return y if self.cond == "latent" else lr
 
-    def _skip(self, x: torch.Tensor) -> torch.Tensor | float:
-        """The residual base added to the outputs: the latent conditioning channels, or 0."""
-        return x[:, self.latent_channels :] if self.cond == "latent" else 0.0
+    def _skip(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor | float:
+        """The residual base added to the outputs: the latent conditioning channels ``y`` (plus the gated state
+        ``g(t) * (x_in - y)`` with a state skip), or 0. ``x`` (B, 2Cz, Hp, Wp) and ``t`` as :meth:`_prepare`
+        returns them."""
+        if self.cond != "latent":
+            return 0.0
+        y = x[:, self.latent_channels :]
+        if self.state_gate is None:
+            return y
+        return y + self.state_gate_at(t).to(x.dtype) * (x[:, : self.latent_channels] - y)
+
+    def state_gate_at(self, t: torch.Tensor) -> torch.Tensor:
+        """The state skip's gate at real-valued steps: (B, 1, 1, 1) for t (B,), (B, 1, Hp, Wp) for a map."""
+        gate = self.state_gate * self.STATE_GATE_SCALE
+        pos = t.to(gate.dtype).clamp(0, self.state_skip_steps - 1)
+        lo = pos.floor().long().clamp(max=self.state_skip_steps - 2)
+        g = torch.lerp(gate[lo], gate[lo + 1], pos - lo)
+        return g.view(-1, 1, 1, 1) if t.ndim == 1 else g
 
     def _prepare(self, x_in: torch.Tensor, t, lr: torch.Tensor):
         """Concatenate the resized LR, pad to the stride; returns (x (B,Cin,Hp,Wp), t (B,) or (B,1,Hp,Wp), (h, w))."""
@@ -356,7 +388,7 @@ class DualStreamQDM(nn.Module):
         down = self._unwindows(down, b, hp, wp)
         if self.detail is not None:  # once over the whole padded image: the same pixels as every window + halo
             down = down + self._detail_whole(x, t)
-        skip = self._skip(x)
+        skip = self._skip(x, t)
         down, up = down + skip, up + skip
         return down[..., :h, :w], up[..., :h, :w]
 
@@ -395,6 +427,7 @@ class DualStreamQDM(nn.Module):
             f"latent={self.latent_channels}, lr={self.lr_channels}, up={self.hidden}/{self.depth}/{self.heads}, "
             f"down={self.down_hidden}/{self.down_depth}/{self.down_heads}, window={self.window}x{self.window} tokens, "
             f"detail={self.detail_channels}x{self.detail_blocks} blocks, {'token' if self.token_sparse else 'window'} sparsity"
+            + (f", state skip over {self.state_skip_steps} steps" if self.state_skip_steps else "")
         )
 
 

@@ -174,7 +174,7 @@ def forward_sparse(model, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: t
             down = down + detail
         m = F.interpolate(tok_mask[:, None].float(), scale_factor=p, mode="nearest") > 0.5
         pred = torch.where(m, down, up)
-    pred = pred + model._skip(x)
+    pred = pred + model._skip(x, t)
     info = {
         "active_windows": int(idx.numel()),
         "total_windows": int(b * nwin),
@@ -222,5 +222,5 @@ def forward_window_loop(model, x_in: torch.Tensor, t, lr: torch.Tensor, token_ma
             m_px = m.repeat_interleave(model.down_patch, 0).repeat_interleave(model.down_patch, 1)
             region = pred[i, :, r * s : (r + 1) * s, c * s : (c + 1) * s]
             pred[i, :, r * s : (r + 1) * s, c * s : (c + 1) * s] = torch.where(m_px, down, region)
-    pred = pred + model._skip(x)
+    pred = pred + model._skip(x, t)
     return pred[..., :h, :w]

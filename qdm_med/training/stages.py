@@ -29,6 +29,8 @@ Optional terms (``train`` settings, all 0 by default):
 - QDM ``t_final_prob``: probability that a sample trains at the prior's step t = T - 1 instead of a
   uniform step. The one-step sampler predicts x0 only there, while uniform steps spend 14 of 15 samples
   on steps where ``x_t`` already holds most of x0 (and the downstream stream learns to copy it).
+  ``t_zero_prob``: the same for the last step, t = 0, which every plan ends with. Only the plain diffusion term
+  there (state = HR + noise) asks that call to read its state; an unrolled plan's output term does not.
 """
 
 from __future__ import annotations
@@ -238,9 +240,12 @@ class QDMStage(_AdversaryHooks):
         self.composite_threshold = None if composite is None else float(composite)
         if self.composite_threshold is not None and not (math.isfinite(self.composite_threshold) and self.composite_threshold >= 0):
             raise ConfigError(f"train.composite_threshold {composite}: must be >= 0 (or null: the downstream everywhere)")
-        self.t_final_prob = float(t.get("t_final_prob", 0.0))
-        if not 0.0 <= self.t_final_prob <= 1.0:
-            raise ConfigError(f"train.t_final_prob {self.t_final_prob}: must be in [0, 1]")
+        self.t_final_prob, self.t_zero_prob = float(t.get("t_final_prob", 0.0)), float(t.get("t_zero_prob", 0.0))
+        for name, prob in (("t_final_prob", self.t_final_prob), ("t_zero_prob", self.t_zero_prob)):
+            if not 0.0 <= prob <= 1.0:
+                raise ConfigError(f"train.{name} {prob}: must be in [0, 1]")
+        if self.t_final_prob + self.t_zero_prob > 1.0:
+            raise ConfigError(f"train.t_final_prob + t_zero_prob = {self.t_final_prob + self.t_zero_prob}: must be at most 1")
         self.unroll, self.unroll_weight, self.unroll_stochastic = self._unroll_settings(t)
         self.lpips = _lpips_module(settings) if self.lpips_weight > 0 else None
         self.lpips_windows = _lpips_windows(settings)
@@ -298,8 +303,8 @@ class QDMStage(_AdversaryHooks):
             missing, unexpected = self.model.load_state_dict(qdm, strict=False)
         except RuntimeError as err:  # a shape mismatch
             raise ConfigError(f"{path}: does not fit this bundle's QDM ({' '.join(str(err).split())[:160]})") from None
-        # only detail blocks this config adds may be absent: they start as the identity, so the output is kept
-        missing = [k for k in missing if not k.startswith(self.model.ADDED_BY_DETAIL_BLOCKS)]
+        # only detail blocks or a state gate this config adds may be absent: they start as the identity, so the output is kept
+        missing = [k for k in missing if not k.startswith((self.model.ADDED_BY_DETAIL_BLOCKS, self.model.STATE_GATE))]
         if missing or unexpected:
             keys = ", ".join((missing + unexpected)[:4])
             raise ConfigError(f"{path}: does not fit this bundle's QDM ({len(missing)} missing, {len(unexpected)} unexpected keys: {keys})")
@@ -325,9 +330,10 @@ class QDMStage(_AdversaryHooks):
                 composite = qdm_masks(lr, self.composite_threshold, self.scale, self.first_stage.factor)
             mask, active = masks.diffusion, composite.diffusion
             t = torch.randint(0, self.diffusion.num_timesteps, (hr.shape[0],), generator=generator)
-            if self.t_final_prob > 0:  # drawn only then: runs without it keep their random stream
-                final = torch.rand(hr.shape[0], generator=generator) < self.t_final_prob
-                t = torch.where(final, torch.full_like(t, self.diffusion.num_timesteps - 1), t)
+            if self.t_final_prob > 0 or self.t_zero_prob > 0:  # drawn only then: runs without them keep their random stream
+                u = torch.rand(hr.shape[0], generator=generator)
+                t = torch.where(u < self.t_final_prob, torch.full_like(t, self.diffusion.num_timesteps - 1), t)
+                t = torch.where((u >= self.t_final_prob) & (u < self.t_final_prob + self.t_zero_prob), torch.zeros_like(t), t)
             t = t.to(hr.device)
             noise = torch.randn(x0.shape, generator=generator).to(x0)
             offset = tuple(int(v) for v in torch.randint(0, self.pos_jitter + 1, (2,), generator=generator)) if self.pos_jitter else (0, 0)

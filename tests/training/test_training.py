@@ -281,6 +281,20 @@ def test_init_from_accepts_added_detail_blocks_and_rejects_other_changes(tmp_pat
         QDMStage(bundle_settings(plain, "train"))
 
 
+def test_init_from_accepts_an_added_state_gate(tmp_path, ct_folder):
+    from qdm_med.bundle import bundle_settings
+    from qdm_med.training.stages import QDMStage
+
+    plain = {"config": "tiny", "cond": "latent"}
+    train_bundle(tiny_bundle(tmp_path, "qdm_ct_x8", {"model": plain}), data=ct_folder, max_steps=1, output=tmp_path / "base",
+                 quiet=True, device="cpu")
+    base = tmp_path / "base" / "models" / "model.pt"
+    gated = tiny_bundle(tmp_path / "gated", "qdm_ct_x8", {"model": {**plain, "state_skip_steps": 15}, "train": {"init_from": str(base)}})
+    stage = QDMStage(bundle_settings(gated, "train"))
+    assert torch.equal(stage.model.state_gate, torch.zeros(15))
+    assert any(p is stage.model.state_gate for p in stage.model.parameters())  # the optimizer trains it
+
+
 def test_degradation_mix_draws_each_preset_reproducibly():
     from qdm_med.training.data import PairedDataset
     from qdm_med.transforms import bicubic_downsample
@@ -367,31 +381,52 @@ def test_bad_phases_are_config_errors(tmp_path, ct_folder, phases, message):
         train_bundle(bundle, data=ct_folder, max_steps=1, output=tmp_path / "run", quiet=True, device="cpu")
 
 
-def test_t_final_prob_trains_that_share_at_the_prior_step(tmp_path):
+def _drawn_steps(folder, train: dict, n: int = 40):
+    """The training steps t a tiny x8 QDM stage draws over n batches of 4 (seed 0), and its T."""
     from qdm_med.bundle import bundle_settings
     from qdm_med.training.stages import QDMStage
 
-    def drawn_steps(prob, n=40):
-        stage = QDMStage(bundle_settings(tiny_bundle(tmp_path / str(prob), "qdm_ct_x8", {"train": {"t_final_prob": prob}}), "train"))
-        seen = []
-        stage.diffusion.training_loss = lambda model, x0, y, cond, mask, t, **kw: (
-            seen.append(t.clone()) or {"loss": torch.zeros(()), "mse_down": torch.zeros(()), "mse_up": torch.zeros(())}
-        )
-        g = torch.Generator().manual_seed(0)
-        for _ in range(n):
-            stage.loss(stage.model, torch.rand(4, 1, 32, 32) * 2 - 1, torch.rand(4, 1, 4, 4) * 2 - 1, g)
-        return torch.cat(seen), stage.diffusion.num_timesteps
+    stage = QDMStage(bundle_settings(tiny_bundle(folder, "qdm_ct_x8", {"train": train}), "train"))
+    seen = []
+    stage.diffusion.training_loss = lambda model, x0, y, cond, mask, t, **kw: (
+        seen.append(t.clone()) or {"loss": torch.zeros(()), "mse_down": torch.zeros(()), "mse_up": torch.zeros(())}
+    )
+    g = torch.Generator().manual_seed(0)
+    for _ in range(n):
+        stage.loss(stage.model, torch.rand(4, 1, 32, 32) * 2 - 1, torch.rand(4, 1, 4, 4) * 2 - 1, g)
+    return torch.cat(seen), stage.diffusion.num_timesteps
 
-    t0, T = drawn_steps(0.0)
-    t1, _ = drawn_steps(1.0)
-    th, _ = drawn_steps(0.5)
+
+def test_t_final_prob_trains_that_share_at_the_prior_step(tmp_path):
+    t0, T = _drawn_steps(tmp_path / "0", {"t_final_prob": 0.0})
+    t1, _ = _drawn_steps(tmp_path / "1", {"t_final_prob": 1.0})
+    th, _ = _drawn_steps(tmp_path / "h", {"t_final_prob": 0.5})
     assert (t1 == T - 1).all() and 0.03 < float((t0 == T - 1).float().mean()) < 0.15  # uniform: 1/T
     assert 0.4 < float((th == T - 1).float().mean()) < 0.65
     # without it the random stream is the one runs had before the option existed
     g = torch.Generator().manual_seed(0)
     assert torch.equal(t0[:4], torch.randint(0, T, (4,), generator=g))
     with pytest.raises(ConfigError, match="t_final_prob"):
-        drawn_steps(1.5)
+        _drawn_steps(tmp_path / "bad", {"t_final_prob": 1.5})
+
+
+def test_t_zero_prob_trains_that_share_at_the_last_step(tmp_path):
+    all_zero, _ = _drawn_steps(tmp_path / "1", {"t_zero_prob": 1.0})
+    assert (all_zero == 0).all()
+    both, T = _drawn_steps(tmp_path / "both", {"t_zero_prob": 0.4, "t_final_prob": 0.3})
+    share_zero, share_final = float((both == 0).float().mean()), float((both == T - 1).float().mean())
+    # expected 0.4 + 0.3/T at t = 0 and 0.3 + 0.3/T at T - 1 (the uniform remainder adds 0.3/T to each step)
+    assert 0.3 < share_zero < 0.5 and 0.2 < share_final < 0.4
+    # t_final_prob alone draws what it drew before t_zero_prob existed: a uniform step, then one uniform number
+    # per sample that sends it to T - 1 below t_final_prob
+    only_final, _ = _drawn_steps(tmp_path / "final", {"t_final_prob": 0.5})
+    g = torch.Generator().manual_seed(0)
+    t, u = torch.randint(0, T, (4,), generator=g), torch.rand(4, generator=g)
+    assert torch.equal(only_final[:4], torch.where(u < 0.5, torch.full_like(t, T - 1), t))
+    with pytest.raises(ConfigError, match="t_zero_prob"):
+        _drawn_steps(tmp_path / "neg", {"t_zero_prob": -0.1})
+    with pytest.raises(ConfigError, match="at most 1"):
+        _drawn_steps(tmp_path / "sum", {"t_zero_prob": 0.6, "t_final_prob": 0.6})
 
 
 def test_token_sparse_model_trains_on_per_sample_token_masks(tmp_path):
