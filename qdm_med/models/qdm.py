@@ -80,10 +80,11 @@ class DualStreamQDM(nn.Module):
         state_skip_steps: length of a learned gate table g over steps 0..n-1 (0 = none; set it to the
             diffusion's T). Both outputs gain ``g(t) * (x_in - y)``, ``g`` interpolated linearly at real-valued
             (and per-pixel) ``t``: the skip EDM's preconditioning has (``c_skip``). At small t the state is
-            x0 plus a little noise, but neither stream can copy it: the upstream sees it through 8x8 patches, the
-            downstream through a 2x2 patch embedding that cannot tell t = 0 from t = 1, and without the skip
-            every sampling plan ends on the image the last call makes from y alone. Needs ``cond="latent"``;
-            the gate starts at 0, so a trained model given it keeps its output (:attr:`STATE_GATE`).
+            x0 plus a little noise, yet in the x4 probes neither stream learned to copy it (the upstream sees it
+            through 8x8 patches, the downstream through a linear 2x2 patch embedding), so every plan ended on
+            the image the last call makes from y alone (``docs/issue16_probes.md``, twenty-second session, also
+            for what fine-tunes made of the gate). Needs ``cond="latent"``; the gate starts at 0, so a trained
+            model given it keeps its output (:attr:`STATE_GATE`).
     """
 
     #: parameter-name prefix of the detail branch's residual blocks (absent from models without them)
