@@ -331,9 +331,9 @@ class QDMStage(_AdversaryHooks):
             mask, active = masks.diffusion, composite.diffusion
             t = torch.randint(0, self.diffusion.num_timesteps, (hr.shape[0],), generator=generator)
             if self.t_final_prob > 0 or self.t_zero_prob > 0:  # drawn only then: runs without them keep their random stream
-                u = torch.rand(hr.shape[0], generator=generator)
+                u = torch.rand(hr.shape[0], generator=generator)  # [0, final) -> T - 1, [final, final + zero) -> 0
+                t = torch.where(u < self.t_final_prob + self.t_zero_prob, torch.zeros_like(t), t)
                 t = torch.where(u < self.t_final_prob, torch.full_like(t, self.diffusion.num_timesteps - 1), t)
-                t = torch.where((u >= self.t_final_prob) & (u < self.t_final_prob + self.t_zero_prob), torch.zeros_like(t), t)
             t = t.to(hr.device)
             noise = torch.randn(x0.shape, generator=generator).to(x0)
             offset = tuple(int(v) for v in torch.randint(0, self.pos_jitter + 1, (2,), generator=generator)) if self.pos_jitter else (0, 0)
