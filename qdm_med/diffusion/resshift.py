@@ -346,6 +346,9 @@ class ResShiftDiffusion:
         x = self.prior_sample(y, m, generator=generator) if stochastic else y.clone()
         records: list[dict] = []
         n = len(plan)
+        # a jump-conditioned model is told how far each call's state came (the prior counts as step T)
+        with_jump = bool(getattr(getattr(model, "module", model), "jump_conditioning", False))
+        t_from = float(self.num_timesteps)
         for i, step in enumerate(plan):
             t, t_prev = step.t, step.t_prev
             if isinstance(t, torch.Tensor):
@@ -356,10 +359,12 @@ class ResShiftDiffusion:
                 t_prev = t_prev.expand(batch, -1, -1, -1) if t_prev.shape[0] == 1 and batch > 1 else t_prev
             x_in = self.normalize(x, t)
             t_model = self._model_t(t, batch, y)
+            jump_kw = {"jump": self._model_t(t_from - t, batch, y)} if with_jump else {}
+            t_from = t
             if use_sparse:
-                pred, minfo = model.forward_sparse(x_in, t_model, lr, tok, chunk_size=chunk_size)
+                pred, minfo = model.forward_sparse(x_in, t_model, lr, tok, chunk_size=chunk_size, **jump_kw)
             else:
-                kw = dict(model_kwargs or {})
+                kw = {**(model_kwargs or {}), **jump_kw}
                 if tok is not None and getattr(getattr(model, "module", model), "token_sparse", False):
                     kw["token_mask"] = tok
                 down, up = model(x_in, t_model, lr, **kw)

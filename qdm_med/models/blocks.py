@@ -30,6 +30,8 @@ __all__ = [
     "AttentionGroup",
     "TokenLayout",
     "sincos_pos_embed_2d",
+    "window_partition",
+    "window_merge",
 ]
 
 
@@ -318,6 +320,20 @@ class ValidConvResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x[..., 2:-2, 2:-2] + self.conv2(F.gelu(self.conv1(x)))
+
+
+def window_partition(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B * nH * nW, C, size, size), windows in row-major order per image."""
+    b, c, h, w = x.shape
+    nh, nw = h // size, w // size
+    return x.view(b, c, nh, size, nw, size).permute(0, 2, 4, 1, 3, 5).reshape(b * nh * nw, c, size, size)
+
+
+def window_merge(xw: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: (B * nH * nW, C, s, s) -> (B, C, H, W)."""
+    _, c, s, _ = xw.shape
+    nh, nw = h // s, w // s
+    return xw.view(b, nh, nw, c, s, s).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
 
 def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, offset: tuple[int, int] = (0, 0)) -> torch.Tensor:

@@ -79,8 +79,10 @@ def qdm_macs(model, latent_hw, active_windows: int, batch: int, per_token_t: boo
     f = model.up_t.freq_dim
     hid, hid_d = int(d * r), int(dd * r)
 
+    embedders = 2 if getattr(model, "jump_conditioning", False) else 1  # the timestep's, and the jump's
+
     def temb(width: int, n: int) -> int:
-        return n * (f * width + width * width)
+        return embedders * n * (f * width + width * width)
 
     up_cond = batch * nu if per_token_t else batch
     total = batch * nu * cin * model.up_patch**2 * d  # patch embedding

@@ -42,9 +42,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from qdm_med.models import sparse
+from qdm_med.models import blocks, sparse
 from qdm_med.models.blocks import DetailBranch, DiTBlock, FinalLayer, TimestepEmbedder, WindowCrossBlock, sincos_pos_embed_2d
 from qdm_med.models.macs import qdm_macs
+from qdm_med.models.step_inputs import jump_like, table_at
 
 __all__ = ["QDM_CONFIGS", "DualStreamQDM", "build_qdm"]
 
@@ -79,18 +80,29 @@ class DualStreamQDM(nn.Module):
             model computes (self-attention is split by the mask), not its parameters.
         state_skip_steps: length of a learned gate table g over steps 0..n-1 (0 = none; set it to the
             diffusion's T). Both outputs gain ``g(t) * (x_in - y)``, ``g`` interpolated linearly at real-valued
-            (and per-pixel) ``t``: the skip EDM's preconditioning has (``c_skip``). At small t the state is
-            x0 plus a little noise, yet in the x4 probes neither stream learned to copy it (the upstream sees it
-            through 8x8 patches, the downstream through a linear 2x2 patch embedding), so every plan ended on
-            the image the last call makes from y alone (``docs/issue16_probes.md``, twenty-second session, also
-            for what fine-tunes made of the gate). Needs ``cond="latent"``; the gate starts at 0, so a trained
-            model given it keeps its output (:attr:`STATE_GATE`).
+            (and per-pixel) ``t``: EDM's ``c_skip``. In the x4 probes neither stream learned to copy its state
+            at small t, so every plan ended on the image the last call makes from y alone
+            (``docs/issue16_probes.md``, twenty-second session). Needs ``cond="latent"``; the gate starts at 0,
+            so a trained model given it keeps its output (:attr:`STATE_GATE`).
+        jump_conditioning: both streams' modulations also embed the *jump* that made the state: how many steps the
+            previous call moved the chain (``t_from - t``; per pixel under SDS). A call of the full chain has jump 1,
+            which is what calls without ``jump`` get (the plain training term); a few-step plan's calls get its own
+            (TSS-4 on a flat pixel: 1, 0.04, 2.4, 11.6), so training the plan where it runs (``train.unroll``)
+            teaches its calls the states its big jumps leave, as shortcut models are conditioned on their step size.
+            The embedders start silent (zero output layer), so a trained model given them keeps its output
+            (:attr:`JUMP_EMBEDDERS`); the detail branch does not see the jump.
+        jump_scale: the jump embedders' output is multiplied by this, so that Adam moves it this many times faster
+            than a network weight (as the state gate's scale).
     """
 
     #: parameter-name prefix of the detail branch's residual blocks (absent from models without them)
     ADDED_BY_DETAIL_BLOCKS = "detail.res."
     #: the state skip's gate table (absent from models without it)
     STATE_GATE = "state_gate"
+    #: parameter-name prefixes of the jump embedders (absent from models without them)
+    JUMP_EMBEDDERS = ("up_jump.", "down_jump.")
+    #: the jump of every call of the full chain, and of calls that pass none
+    UNIT_JUMP = 1.0
     #: the gate is stored divided by this, so that Adam's per-step change (about the learning rate) moves it this
     #: many times faster than a network weight: a new gate reaches its value within one fine-tune
     STATE_GATE_SCALE = 10.0
@@ -123,6 +135,8 @@ class DualStreamQDM(nn.Module):
         detail_blocks: int = 0,
         token_sparse: bool = False,
         state_skip_steps: int = 0,
+        jump_conditioning: bool = False,
+        jump_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if cond not in ("lr", "latent"):
@@ -165,6 +179,9 @@ class DualStreamQDM(nn.Module):
             self.detail = DetailBranch(cin + 1, self.detail_channels, self.latent_channels, self.detail_blocks)
         self.state_skip_steps = int(state_skip_steps)
         self.state_gate = nn.Parameter(torch.zeros(self.state_skip_steps)) if self.state_skip_steps else None
+        self.jump_conditioning, self.jump_scale = bool(jump_conditioning), float(jump_scale)
+        self.up_jump = TimestepEmbedder(self.hidden) if self.jump_conditioning else None
+        self.down_jump = TimestepEmbedder(self.down_hidden) if self.jump_conditioning else None
         # checkpoints written before the branch had named layers load too
         self._register_load_state_dict_pre_hook(lambda sd, prefix, *_: DetailBranch.remap_legacy_keys(sd, prefix))
         self.initialize_weights()
@@ -182,6 +199,10 @@ class DualStreamQDM(nn.Module):
         for te in (self.up_t, self.down_t):
             nn.init.normal_(te.mlp[0].weight, std=0.02)
             nn.init.normal_(te.mlp[2].weight, std=0.02)
+        if self.jump_conditioning:  # silent until trained: a model given them keeps its output
+            for te in (self.up_jump, self.down_jump):
+                nn.init.normal_(te.mlp[0].weight, std=0.02)
+                nn.init.zeros_(te.mlp[2].weight)
         for blk in [*self.up_blocks, *self.down_blocks, self.up_final, self.down_final]:
             nn.init.zeros_(blk.ada[-1].weight)
             nn.init.zeros_(blk.ada[-1].bias)
@@ -210,11 +231,7 @@ class DualStreamQDM(nn.Module):
 
     def state_gate_at(self, t: torch.Tensor) -> torch.Tensor:
         """The state skip's gate at real-valued steps: (B, 1, 1, 1) for t (B,), (B, 1, Hp, Wp) for a map."""
-        gate = self.state_gate * self.STATE_GATE_SCALE
-        pos = t.to(gate.dtype).clamp(0, self.state_skip_steps - 1)
-        lo = pos.floor().long().clamp(max=self.state_skip_steps - 2)
-        g = torch.lerp(gate[lo], gate[lo + 1], pos - lo)
-        return g.view(-1, 1, 1, 1) if t.ndim == 1 else g
+        return table_at(self.state_gate * self.STATE_GATE_SCALE, t)
 
     def _prepare(self, x_in: torch.Tensor, t, lr: torch.Tensor):
         """Concatenate the resized LR, pad to the stride; returns (x (B,Cin,Hp,Wp), t (B,) or (B,1,Hp,Wp), (h, w))."""
@@ -241,43 +258,46 @@ class DualStreamQDM(nn.Module):
             raise ValueError(f"t must be (B,) or (B, 1, h, w), got {tuple(t.shape)}")
         return x, t, (h, w)
 
+    def _prepare_jump(self, jump, t: torch.Tensor, hw) -> torch.Tensor | None:
+        """The jump shaped and padded as :meth:`_prepare`'s ``t`` ((B,) or (B, 1, Hp, Wp)); None = :attr:`UNIT_JUMP`.
+        Returns None for a model without ``jump_conditioning`` (which takes no jump)."""
+        if not self.jump_conditioning:
+            if jump is not None:
+                raise ValueError("a jump was given to a model without jump_conditioning")
+            return None
+        return jump_like(self.UNIT_JUMP if jump is None else jump, t, hw)
+
     def _pos(self, dim: int, gh: int, gw: int, ref: torch.Tensor, offset=(0, 0)) -> torch.Tensor:
         return sincos_pos_embed_2d(dim, gh, gw, offset).to(device=ref.device, dtype=ref.dtype)
 
-    def _upstream(self, x: torch.Tensor, t: torch.Tensor, pos_offset=(0, 0)) -> tuple[torch.Tensor, torch.Tensor]:
-        """Coarse prediction (B, Cz, Hp, Wp) and final hidden states (B, Nu, D)."""
+    def _upstream(self, x: torch.Tensor, t: torch.Tensor, pos_offset=(0, 0), jump: torch.Tensor | None = None):
+        """Coarse prediction (B, Cz, Hp, Wp) and final hidden states (B, Nu, D); ``jump`` as :meth:`_prepare_jump`."""
         b, _, hp, wp = x.shape
         p = self.up_patch
         gh, gw = hp // p, wp // p
         tok = self.up_embed(x).flatten(2).transpose(1, 2) + self._pos(self.hidden, gh, gw, x, pos_offset)
         c = self.up_t(t if t.ndim == 1 else F.avg_pool2d(t, p).flatten(1))
+        if jump is not None:
+            c = c + self.jump_scale * self.up_jump(jump if jump.ndim == 1 else F.avg_pool2d(jump, p).flatten(1))
         for blk in self.up_blocks:
             tok = blk(tok, c)
         out = self.up_final(tok, c)  # (B, Nu, p*p*Cz)
         out = out.view(b, gh, gw, p, p, self.latent_channels).permute(0, 5, 1, 3, 2, 4).reshape(b, self.latent_channels, hp, wp)
         return out, tok
 
-    def _down_conditioning(self, t: torch.Tensor, b: int, hp: int, wp: int):
-        """Per-sample modulations [(B, 12D) per block, (B, 2D) final], or per-token timestep windows (B*nWin, 64)."""
+    def _down_conditioning(self, t: torch.Tensor, b: int, hp: int, wp: int, jump: torch.Tensor | None = None):
+        """Per-sample modulations [(B, 12D) per block, (B, 2D) final], or per-token timestep windows (B*nWin, 64)
+        (with a jump: (B*nWin, 64, 2), the timestep and the jump per token)."""
         if t.ndim == 1:
-            c = self.down_t(t)
+            c = self.down_t(t) if jump is None else self.down_t(t) + self.jump_scale * self.down_jump(jump)
             return [blk.modulation(c) for blk in self.down_blocks] + [self.down_final.modulation(c)], None
-        tw = self._windows(F.avg_pool2d(t, self.down_patch), self.window)  # (B*nWin, 1, 8, 8)
-        return None, tw.flatten(1)
+        tw = self._windows(F.avg_pool2d(t, self.down_patch), self.window).flatten(1)  # (B*nWin, 64)
+        if jump is None:
+            return None, tw
+        return None, torch.stack([tw, self._windows(F.avg_pool2d(jump, self.down_patch), self.window).flatten(1)], dim=-1)
 
-    @staticmethod
-    def _windows(x: torch.Tensor, size: int) -> torch.Tensor:
-        """(B, C, H, W) -> (B * nH * nW, C, size, size), windows in row-major order per image."""
-        b, c, h, w = x.shape
-        nh, nw = h // size, w // size
-        return x.view(b, c, nh, size, nw, size).permute(0, 2, 4, 1, 3, 5).reshape(b * nh * nw, c, size, size)
-
-    @staticmethod
-    def _unwindows(xw: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
-        """Inverse of :meth:`_windows`."""
-        n, c, s, _ = xw.shape
-        nh, nw = h // s, w // s
-        return xw.view(b, nh, nw, c, s, s).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+    _windows = staticmethod(blocks.window_partition)
+    _unwindows = staticmethod(blocks.window_merge)
 
     #: the timestep enters the detail branch as an input channel t / 10 (t is an unnormalised step index)
     T_INPUT_SCALE = 0.1
@@ -318,8 +338,12 @@ class DualStreamQDM(nn.Module):
         return grid
 
     def _token_modulations(self, t_tok: torch.Tensor):
-        """Per-token timesteps (...) -> the blocks' and the final layer's modulations (..., 12Dd), (..., 2Dd)."""
-        c = self.down_t(t_tok)
+        """Per-token timesteps (...) (with jump conditioning (..., 2): timestep, jump) -> the blocks' and the final
+        layer's modulations (..., 12Dd), (..., 2Dd)."""
+        if not self.jump_conditioning:
+            c = self.down_t(t_tok)
+        else:
+            c = self.down_t(t_tok[..., 0]) + self.jump_scale * self.down_jump(t_tok[..., 1])
         return [blk.modulation(c) for blk in self.down_blocks], self.down_final.modulation(c)
 
     def _run_windows(self, tok: torch.Tensor, bidx: torch.Tensor, widx: torch.Tensor, kvs, mods, t_tok, pos_w, halo=None,
@@ -345,7 +369,7 @@ class DualStreamQDM(nn.Module):
             out = out + self.detail(halo)  # valid 3x3 convolutions: (16 + 2r) -> 16
         return out
 
-    def _down_setup(self, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor, pos_offset=(0, 0)):
+    def _down_setup(self, x: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor, pos_offset=(0, 0), jump: torch.Tensor | None = None):
         b, _, hp, wp = x.shape
         nwin = (hp // self.win_px) * (wp // self.win_px)
         k = self.up_patch // self.down_patch  # the same shift in downstream tokens
@@ -360,12 +384,13 @@ class DualStreamQDM(nn.Module):
             .transpose(1, 2)
         )  # (nWin, 64, Dd)
         kvs = [blk.cross.project_kv(hidden) for blk in self.down_blocks]
-        mods, t_tok = self._down_conditioning(t, b, hp, wp)
+        mods, t_tok = self._down_conditioning(t, b, hp, wp, jump)
         return nwin, pos_w, kvs, mods, t_tok
 
     # ------------------------------------------------------------------------------------- forward
     def forward(
-        self, x_in: torch.Tensor, t, lr: torch.Tensor, pos_offset: tuple[int, int] = (0, 0), token_mask: torch.Tensor | None = None
+        self, x_in: torch.Tensor, t, lr: torch.Tensor, pos_offset: tuple[int, int] = (0, 0), token_mask: torch.Tensor | None = None,
+        jump=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense path: ``(down, up)``, both (B, Cz, h, w); the downstream runs on every window.
 
@@ -373,11 +398,14 @@ class DualStreamQDM(nn.Module):
         it at random so every position an inference-size image uses has been seen (inference: (0, 0)).
         ``token_mask``: (B, ceil(h/2), ceil(w/2)) bool; with token sparsity it splits the self-attention
         (None = all active); window-sparse models ignore it.
+        ``jump``: with ``jump_conditioning``, the steps the chain moved to reach this state (a number, (B,), or
+        (B, 1, h, w) with a timestep map; None = 1, a call of the full chain).
         """
         x, t, (h, w) = self._prepare(x_in, t, lr)
+        jump = self._prepare_jump(jump, t, (h, w))
         b, _, hp, wp = x.shape
-        up, hidden = self._upstream(x, t, pos_offset)
-        nwin, pos_w, kvs, mods, t_tok = self._down_setup(x, t, hidden, pos_offset)
+        up, hidden = self._upstream(x, t, pos_offset, jump)
+        nwin, pos_w, kvs, mods, t_tok = self._down_setup(x, t, hidden, pos_offset, jump)
         grid = self.down_embed(x)  # (B, Dd, Hp/2, Wp/2), full-image patch embedding
         tok = self._windows(grid, self.window).flatten(2).transpose(1, 2)  # (B*nWin, 64, Dd)
         attn_mask = None
@@ -393,35 +421,19 @@ class DualStreamQDM(nn.Module):
         down, up = down + skip, up + skip
         return down[..., :h, :w], up[..., :h, :w]
 
-    def forward_sparse(self, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: torch.Tensor | None, chunk_size: int = 64):
+    def forward_sparse(self, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: torch.Tensor | None, chunk_size: int = 64, jump=None):
         """Sparse path, ``(prediction (B, Cz, h, w), info)``: see :func:`qdm_med.models.sparse.forward_sparse`."""
-        return sparse.forward_sparse(self, x_in, t, lr, token_mask, chunk_size)
+        return sparse.forward_sparse(self, x_in, t, lr, token_mask, chunk_size, jump)
 
-    def forward_window_loop(self, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward_window_loop(self, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: torch.Tensor | None, jump=None) -> torch.Tensor:
         """The reference per-window Python loop, (B, Cz, h, w): see :func:`qdm_med.models.sparse.forward_window_loop`."""
-        return sparse.forward_window_loop(self, x_in, t, lr, token_mask)
+        return sparse.forward_window_loop(self, x_in, t, lr, token_mask, jump)
 
     # ----------------------------------------------------------------------------------------- MACs
-    def macs(
-        self,
-        latent_hw,
-        active_windows: int,
-        batch: int,
-        per_token_t: bool = False,
-        active_tokens: int | None = None,
-        active_units: int | None = None,
-        attention_pairs: int | None = None,
-        detail_dense: bool = False,
-    ) -> int:
-        """Exact multiply-accumulates of one sparse call: linear layers, convolutions and attention matmuls
-        (QK^T and AV), for the upstream on the padded latent and the downstream on ``active_windows``
-        windows, of which ``active_tokens`` tokens are computed (default: all 64 of each) and
-        ``active_units`` detail units (default: every unit of the windows), with ``attention_pairs``
-        query-key pairs per head in the window self-attention (default: each window's full 64 x 64);
-        ``detail_dense``: the detail branch ran once over the whole padded image instead of on units.
-        Norms, activations, softmax and the LR resize are not counted (they are not MACs)."""
-        return qdm_macs(self, latent_hw, active_windows, batch, per_token_t, active_tokens, active_units, attention_pairs,
-                        detail_dense)
+    def macs(self, latent_hw, active_windows: int, batch: int, **counts) -> int:
+        """Exact multiply-accumulates of one sparse call on ``active_windows`` windows: :func:`qdm_med.models.macs.qdm_macs`
+        (``counts``: its keyword arguments, the tokens, detail units and attention pairs actually computed)."""
+        return qdm_macs(self, latent_hw, active_windows, batch, **counts)
 
     def extra_repr(self) -> str:
         return (
@@ -429,6 +441,7 @@ class DualStreamQDM(nn.Module):
             f"down={self.down_hidden}/{self.down_depth}/{self.down_heads}, window={self.window}x{self.window} tokens, "
             f"detail={self.detail_channels}x{self.detail_blocks} blocks, {'token' if self.token_sparse else 'window'} sparsity"
             + (f", state skip over {self.state_skip_steps} steps" if self.state_skip_steps else "")
+            + (", jump-conditioned" if self.jump_conditioning else "")
         )
 
 

@@ -129,28 +129,30 @@ def detail_units(model, x: torch.Tensor, t: torch.Tensor, tok_mask: torch.Tensor
     return out.permute(0, 3, 1, 4, 2, 5).reshape(b, model.latent_channels, hp, wp), int(ids.shape[0]), False
 
 
-def forward_sparse(model, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: torch.Tensor | None, chunk_size: int = 64):
+def forward_sparse(model, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: torch.Tensor | None, chunk_size: int = 64, jump=None):
     """Sparse path: ``(down * m + up * (1 - m), info)``; only windows with an active token are computed
     (with token sparsity, only their active tokens).
 
     Args:
         token_mask: (B, ceil(h/2), ceil(w/2)) bool (None = all active).
         chunk_size: windows per downstream call (bounds memory).
+        jump: the steps the chain moved to this state, for a model with ``jump_conditioning`` (see its ``forward``).
     Returns:
         prediction (B, Cz, h, w) and ``{"active_windows", "total_windows", "active_tokens",
         "total_tokens", "active_units", "macs"}`` (tokens and detail units actually computed).
     """
     x, t, (h, w) = model._prepare(x_in, t, lr)
+    jump = model._prepare_jump(jump, t, (h, w))
     b, _, hp, wp = x.shape
     tok_mask = model._token_grid(token_mask, b, hp, wp, x.device)
-    up, hidden = model._upstream(x, t)
+    up, hidden = model._upstream(x, t, jump=jump)
     length, p = model.window**2, model.down_patch
     win_tok = model._windows(tok_mask[:, None], model.window).flatten(1)  # (B*nWin, 64) bool
     idx = torch.nonzero(win_tok.any(1)).flatten()
     nwin = (hp // model.win_px) * (wp // model.win_px)
     pred, n_tokens, n_units, pairs, detail_dense = up, 0, 0, 0, False
     if idx.numel() > 0:
-        nwin, pos_w, kvs, mods, t_tok = model._down_setup(x, t, hidden)
+        nwin, pos_w, kvs, mods, t_tok = model._down_setup(x, t, hidden, jump=jump)
         # (B*nWin, 8, 8, Cin, p, p) view: every token's input patch, copied only when gathered
         patches = model._windows(x, model.win_px).unflatten(2, (model.window, p)).unflatten(4, (model.window, p)).permute(0, 2, 4, 1, 3, 5)
         down_tok = x.new_zeros(b * nwin * length, p, p, model.latent_channels)
@@ -189,7 +191,7 @@ def forward_sparse(model, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: t
     return pred[..., :h, :w], info
 
 
-def forward_window_loop(model, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+def forward_window_loop(model, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: torch.Tensor | None, jump=None) -> torch.Tensor:
     """The reference implementation's sparse path: a Python loop over batch items and windows that runs
     the downstream on one active window at a time (whole, with the detail branch on its halo'd window).
     Same output as :func:`forward_sparse` (up to float rounding); kept as its test oracle and as the
@@ -199,11 +201,12 @@ def forward_window_loop(model, x_in: torch.Tensor, t, lr: torch.Tensor, token_ma
         prediction (B, Cz, h, w).
     """
     x, t, (h, w) = model._prepare(x_in, t, lr)
+    jump = model._prepare_jump(jump, t, (h, w))
     b, _, hp, wp = x.shape
     s, ts = model.win_px, model.window
     tok_mask = model._token_grid(token_mask, b, hp, wp, x.device)
-    up, hidden = model._upstream(x, t)
-    nwin, pos_w, kvs, mods, t_tok = model._down_setup(x, t, hidden)
+    up, hidden = model._upstream(x, t, jump=jump)
+    nwin, pos_w, kvs, mods, t_tok = model._down_setup(x, t, hidden, jump=jump)
     halo = halo_view(model, x, t) if model.detail is not None else None
     pred = up.clone()
     nw = wp // s

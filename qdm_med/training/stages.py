@@ -303,8 +303,9 @@ class QDMStage(_AdversaryHooks):
             missing, unexpected = self.model.load_state_dict(qdm, strict=False)
         except RuntimeError as err:  # a shape mismatch
             raise ConfigError(f"{path}: does not fit this bundle's QDM ({' '.join(str(err).split())[:160]})") from None
-        # only detail blocks or a state gate this config adds may be absent: they start as the identity, so the output is kept
-        missing = [k for k in missing if not k.startswith((self.model.ADDED_BY_DETAIL_BLOCKS, self.model.STATE_GATE))]
+        # only detail blocks, a state gate or jump embedders this config adds may be absent: they start silent, so the output is kept
+        added = (self.model.ADDED_BY_DETAIL_BLOCKS, self.model.STATE_GATE, *self.model.JUMP_EMBEDDERS)
+        missing = [k for k in missing if not k.startswith(added)]
         if missing or unexpected:
             keys = ", ".join((missing + unexpected)[:4])
             raise ConfigError(f"{path}: does not fit this bundle's QDM ({len(missing)} missing, {len(unexpected)} unexpected keys: {keys})")

@@ -281,7 +281,7 @@ def test_init_from_accepts_added_detail_blocks_and_rejects_other_changes(tmp_pat
         QDMStage(bundle_settings(plain, "train"))
 
 
-def test_init_from_accepts_an_added_state_gate(tmp_path, ct_folder):
+def test_init_from_accepts_an_added_state_gate_and_jump_embedders(tmp_path, ct_folder):
     from qdm_med.bundle import bundle_settings
     from qdm_med.training.stages import QDMStage
 
@@ -293,6 +293,11 @@ def test_init_from_accepts_an_added_state_gate(tmp_path, ct_folder):
     stage = QDMStage(bundle_settings(gated, "train"))
     assert torch.equal(stage.model.state_gate, torch.zeros(15))
     assert any(p is stage.model.state_gate for p in stage.model.parameters())  # the optimizer trains it
+    jumped = tiny_bundle(tmp_path / "jumped", "qdm_ct_x8",
+                         {"model": {**plain, "jump_conditioning": True}, "train": {"init_from": str(base)}})
+    stage = QDMStage(bundle_settings(jumped, "train"))
+    assert torch.equal(stage.model.up_jump.mlp[2].weight, torch.zeros_like(stage.model.up_jump.mlp[2].weight))
+    assert any(p is stage.model.down_jump.mlp[2].weight for p in stage.model.parameters())
 
 
 def test_degradation_mix_draws_each_preset_reproducibly():
