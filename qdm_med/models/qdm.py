@@ -180,6 +180,8 @@ class DualStreamQDM(nn.Module):
         self.state_skip_steps = int(state_skip_steps)
         self.state_gate = nn.Parameter(torch.zeros(self.state_skip_steps)) if self.state_skip_steps else None
         self.jump_conditioning, self.jump_scale = bool(jump_conditioning), float(jump_scale)
+        if self.jump_scale <= 0 or (self.jump_scale != 1.0 and not self.jump_conditioning):
+            raise ValueError(f"jump_scale {jump_scale}: must be > 0, and set only with jump_conditioning")
         self.up_jump = TimestepEmbedder(self.hidden) if self.jump_conditioning else None
         self.down_jump = TimestepEmbedder(self.down_hidden) if self.jump_conditioning else None
         # checkpoints written before the branch had named layers load too
@@ -340,10 +342,8 @@ class DualStreamQDM(nn.Module):
     def _token_modulations(self, t_tok: torch.Tensor):
         """Per-token timesteps (...) (with jump conditioning (..., 2): timestep, jump) -> the blocks' and the final
         layer's modulations (..., 12Dd), (..., 2Dd)."""
-        if not self.jump_conditioning:
-            c = self.down_t(t_tok)
-        else:
-            c = self.down_t(t_tok[..., 0]) + self.jump_scale * self.down_jump(t_tok[..., 1])
+        jc = self.jump_conditioning
+        c = self.down_t(t_tok[..., 0]) + self.jump_scale * self.down_jump(t_tok[..., 1]) if jc else self.down_t(t_tok)
         return [blk.modulation(c) for blk in self.down_blocks], self.down_final.modulation(c)
 
     def _run_windows(self, tok: torch.Tensor, bidx: torch.Tensor, widx: torch.Tensor, kvs, mods, t_tok, pos_w, halo=None,

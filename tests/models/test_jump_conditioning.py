@@ -145,3 +145,6 @@ def test_bad_jumps_are_refused():
         jumped(x, t, lr, jump=torch.ones(2, 1, 32, 48))  # a jump map needs a timestep map
     with pytest.raises(ValueError, match="does not fit the timestep"):
         jumped(x, torch.full((2, 1, 32, 48), 3.0), lr, jump=torch.ones(2, 1, 16, 16))
+    for kw in ({"jump_scale": 10.0}, {"jump_conditioning": True, "jump_scale": 0.0}):
+        with pytest.raises(ValueError, match="jump_scale"):
+            build_qdm("tiny", 16, 1, **kw)
