@@ -235,8 +235,9 @@ class DualStreamQDM(nn.Module):
         """The state skip's gate at real-valued steps: (B, 1, 1, 1) for t (B,), (B, 1, Hp, Wp) for a map."""
         return table_at(self.state_gate * self.STATE_GATE_SCALE, t)
 
-    def _prepare(self, x_in: torch.Tensor, t, lr: torch.Tensor):
-        """Concatenate the resized LR, pad to the stride; returns (x (B,Cin,Hp,Wp), t (B,) or (B,1,Hp,Wp), (h, w))."""
+    def _prepare(self, x_in: torch.Tensor, t, lr: torch.Tensor, jump=None):
+        """Concatenate the resized LR, pad to the stride; returns (x (B,Cin,Hp,Wp), t (B,) or (B,1,Hp,Wp), the jump
+        shaped as t (None without ``jump_conditioning``; :attr:`UNIT_JUMP` when not given), (h, w))."""
         b, _, h, w = x_in.shape
         lr = lr.to(x_in.dtype)
         if tuple(lr.shape[-2:]) != (h, w):
@@ -258,22 +259,17 @@ class DualStreamQDM(nn.Module):
             t = F.pad(t, pad, mode="replicate") if (hp != h or wp != w) else t
         elif t.ndim != 1:
             raise ValueError(f"t must be (B,) or (B, 1, h, w), got {tuple(t.shape)}")
-        return x, t, (h, w)
-
-    def _prepare_jump(self, jump, t: torch.Tensor, hw) -> torch.Tensor | None:
-        """The jump shaped and padded as :meth:`_prepare`'s ``t`` ((B,) or (B, 1, Hp, Wp)); None = :attr:`UNIT_JUMP`.
-        Returns None for a model without ``jump_conditioning`` (which takes no jump)."""
         if not self.jump_conditioning:
             if jump is not None:
                 raise ValueError("a jump was given to a model without jump_conditioning")
-            return None
-        return jump_like(self.UNIT_JUMP if jump is None else jump, t, hw)
+            return x, t, None, (h, w)
+        return x, t, jump_like(self.UNIT_JUMP if jump is None else jump, t, (h, w)), (h, w)
 
     def _pos(self, dim: int, gh: int, gw: int, ref: torch.Tensor, offset=(0, 0)) -> torch.Tensor:
         return sincos_pos_embed_2d(dim, gh, gw, offset).to(device=ref.device, dtype=ref.dtype)
 
     def _upstream(self, x: torch.Tensor, t: torch.Tensor, pos_offset=(0, 0), jump: torch.Tensor | None = None):
-        """Coarse prediction (B, Cz, Hp, Wp) and final hidden states (B, Nu, D); ``jump`` as :meth:`_prepare_jump`."""
+        """Coarse prediction (B, Cz, Hp, Wp) and final hidden states (B, Nu, D); ``jump`` as :meth:`_prepare` returns it."""
         b, _, hp, wp = x.shape
         p = self.up_patch
         gh, gw = hp // p, wp // p
@@ -401,8 +397,7 @@ class DualStreamQDM(nn.Module):
         ``jump``: with ``jump_conditioning``, the steps the chain moved to reach this state (a number, (B,), or
         (B, 1, h, w) with a timestep map; None = 1, a call of the full chain).
         """
-        x, t, (h, w) = self._prepare(x_in, t, lr)
-        jump = self._prepare_jump(jump, t, (h, w))
+        x, t, jump, (h, w) = self._prepare(x_in, t, lr, jump)
         b, _, hp, wp = x.shape
         up, hidden = self._upstream(x, t, pos_offset, jump)
         nwin, pos_w, kvs, mods, t_tok = self._down_setup(x, t, hidden, pos_offset, jump)

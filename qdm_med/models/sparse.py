@@ -141,8 +141,7 @@ def forward_sparse(model, x_in: torch.Tensor, t, lr: torch.Tensor, token_mask: t
         prediction (B, Cz, h, w) and ``{"active_windows", "total_windows", "active_tokens",
         "total_tokens", "active_units", "macs"}`` (tokens and detail units actually computed).
     """
-    x, t, (h, w) = model._prepare(x_in, t, lr)
-    jump = model._prepare_jump(jump, t, (h, w))
+    x, t, jump, (h, w) = model._prepare(x_in, t, lr, jump)
     b, _, hp, wp = x.shape
     tok_mask = model._token_grid(token_mask, b, hp, wp, x.device)
     up, hidden = model._upstream(x, t, jump=jump)
@@ -200,8 +199,7 @@ def forward_window_loop(model, x_in: torch.Tensor, t, lr: torch.Tensor, token_ma
     Returns:
         prediction (B, Cz, h, w).
     """
-    x, t, (h, w) = model._prepare(x_in, t, lr)
-    jump = model._prepare_jump(jump, t, (h, w))
+    x, t, jump, (h, w) = model._prepare(x_in, t, lr, jump)
     b, _, hp, wp = x.shape
     s, ts = model.win_px, model.window
     tok_mask = model._token_grid(token_mask, b, hp, wp, x.device)
