@@ -76,7 +76,7 @@ def build_sr_module(settings: dict, load_first_stage: bool = False, qdm=None, fi
 
     fs = first_stage if first_stage is not None else build_first_stage_from(settings, load_weights=load_first_stage)
     s = settings["sampling"]
-    extra = {k: v for k, v in s.items() if k not in (*SAMPLING_KEYS, "flip_ensemble")}
+    extra = {k: v for k, v in s.items() if k not in (*SAMPLING_KEYS, "flip_ensemble", "background_ramp")}
     flip_ensemble = s.get("flip_ensemble", True)
     if not isinstance(flip_ensemble, bool):
         raise ConfigError(f"{settings.get('bundle_dir', 'bundle')}: sampling.flip_ensemble {flip_ensemble!r}: use true or false")
@@ -84,7 +84,8 @@ def build_sr_module(settings: dict, load_first_stage: bool = False, qdm=None, fi
                               diffusion if diffusion is not None else build_diffusion_from(settings), scale=settings["scale"],
                               sampler=s["sampler"], steps=s["steps"], threshold=s["threshold"], sampler_params=extra or None,
                               prior=prior if prior is not None else build_prior_from(settings), start=diffusion_start(settings),
-                              stochastic=bool(s.get("stochastic", True)), flip_ensemble=flip_ensemble)
+                              stochastic=bool(s.get("stochastic", True)), flip_ensemble=flip_ensemble,
+                              background_ramp=s.get("background_ramp"))
 
 
 def build_network(bundle_root: str | Path) -> nn.Module:

@@ -55,7 +55,7 @@ def bundle_settings(bundle_dir: str | Path, which: str = "train") -> dict:
     if not (bundle_dir / "configs").is_dir():
         raise ConfigError(f"{bundle_dir}: not a bundle (no configs/ folder)")
     raw = _plain(read_json(bundle_dir / "configs" / f"{which}.json"))
-    if which == "inference":  # the architecture lives in train.json
+    if which == "inference":  # the architecture lives in train.json (inference.json may override its sections)
         base = _plain(read_json(bundle_dir / "configs" / "train.json"))
         raw = {**base, **raw}
     out = {}

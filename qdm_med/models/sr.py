@@ -14,7 +14,9 @@
 4. the sampler's timestep plan (``uniform`` / ``tds`` / ``tss``, ``steps``) and the masked reverse diffusion,
    sparse by default (only windows with active tokens run the downstream stream); ``stochastic=False``
    starts at the prior's mean and takes posterior means (no noise: the same image for any seed);
-5. decode and clamp.
+5. decode and clamp; with ``background_ramp`` (lo, hi), where the start image is below ``lo`` (air) the output is
+   the start image itself, above ``hi`` the diffusion's, linearly in between: the upstream stream draws a texture
+   on its patch grid over air that no CT shows (see ``scripts/template_energy.py``).
 
 Its ``state_dict()`` (first stage + prior + QDM weights + buffers) is a bundle's ``models/model.pt``; MONAI
 Deploy's bundle operator loads it into ``network_def`` and calls the inferer on it. ``last_info`` holds
@@ -58,12 +60,15 @@ class QDMSuperResolution(nn.Module):
         flip_ensemble: with ``steps=0``, average the prior's prediction over the four mirror images of the LR
             (:meth:`~qdm_med.models.prior.ResidualCNN.flip_ensemble`); the diffusion always starts from one pass,
             the start it was trained on.
+        background_ramp: (lo, hi) on the [-1, 1] scale, lo < hi, or None (off): keep the start image where it
+            is below ``lo`` and blend up to the diffusion's output at ``hi`` (sampling only; ``steps=0`` is the
+            start image everywhere).
     """
 
     def __init__(self, first_stage: nn.Module, qdm: nn.Module, diffusion: ResShiftDiffusion | None = None, scale: int = 8,
                  sampler: str = "uniform", steps: int = 1, threshold: float = 0.15, sparse: bool = True, chunk_size: int = 64,
                  sampler_params: dict | None = None, prior: nn.Module | None = None, start: str | None = None,
-                 stochastic: bool = True, flip_ensemble: bool = True) -> None:
+                 stochastic: bool = True, flip_ensemble: bool = True, background_ramp=None) -> None:
         super().__init__()
         self.first_stage, self.qdm, self.prior = first_stage, qdm, prior
         self.start = "bicubic" if prior is None else "prior"
@@ -74,6 +79,7 @@ class QDMSuperResolution(nn.Module):
         self.sparse, self.chunk_size = bool(sparse), int(chunk_size)
         self.sampler_params = dict(sampler_params or {})
         self.sampler, self.steps, self.threshold = "uniform", 1, 0.0
+        self.background_ramp = _check_ramp(background_ramp)
         self.configure(steps=steps, sampler=sampler, threshold=threshold, start=start)
         self.last_info: dict = {}
 
@@ -185,6 +191,10 @@ class QDMSuperResolution(nn.Module):
         timings["sample"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         out = self.first_stage.decode(x0)
+        if self.background_ramp is not None:
+            lo, hi = self.background_ramp
+            weight = ((up - lo) / (hi - lo)).clamp(0, 1)  # 0 in air: the start image
+            out = up + weight * (out.clamp(-1, 1) - up)
         timings["decode"] = time.perf_counter() - t0
         decode_macs = int(self.first_stage.decode_macs(lat_hw, b))
         qdm_macs = info.get("macs")
@@ -196,6 +206,7 @@ class QDMSuperResolution(nn.Module):
             "sparse": self.sparse,
             "start": self.start,
             "stochastic": self.stochastic,
+            "background_ramp": None if self.background_ramp is None else list(self.background_ramp),
             "mask_density": float(masks.token.float().mean()),
             "diffusion_mask_density": float(masks.diffusion.float().mean()),
             "active_windows": info.get("active_windows"),
@@ -210,3 +221,16 @@ class QDMSuperResolution(nn.Module):
             "timings": timings,
         }
         return out[..., : h * self.scale, : w * self.scale].clamp(-1, 1)
+
+
+def _check_ramp(ramp) -> tuple[float, float] | None:
+    """``background_ramp`` as (lo, hi) with -1 <= lo < hi <= 1, or None; ConfigError with one line otherwise."""
+    if ramp is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in ramp)
+    except (TypeError, ValueError):
+        raise ConfigError(f"background_ramp {ramp!r}: give [lo, hi] on the [-1, 1] scale, or null") from None
+    if not (-1.0 <= lo < hi <= 1.0):
+        raise ConfigError(f"background_ramp {ramp!r}: need -1 <= lo < hi <= 1")
+    return lo, hi

@@ -25,7 +25,8 @@ def recipe_of(bundle) -> list[str]:
     """The training configs a bundle runs in order (``recipe`` in ``configs/train.json``; ``["train"]`` without).
 
     Each config appears once, ``train`` among them, and the last one trains the bundle's network (the
-    stage and ``model`` section of ``train.json``): its run holds the weights the bundle ships. Stages after
+    stage of ``train.json`` and the ``model`` section of ``inference.json``, or of ``train.json`` when
+    ``inference.json`` has none): its run holds the weights the bundle ships. Stages after
     ``train`` are fine-tunes of it (e.g. ``train_detail``)."""
     bundle = Path(bundle)
     train = read_json(bundle / "configs" / "train.json")
@@ -38,8 +39,12 @@ def recipe_of(bundle) -> list[str]:
         if not (bundle / "configs" / f"{name}.json").is_file():
             raise ConfigError(f"{bundle}: recipe stage {name!r} has no configs/{name}.json")
     last = read_json(bundle / "configs" / f"{recipe[-1]}.json")
-    if (last.get("stage"), last.get("model")) != (train.get("stage"), train.get("model")):
-        raise ConfigError(f"{bundle}: the recipe's last stage {recipe[-1]!r} must train train.json's network (same 'stage' and 'model')")
+    inference = bundle / "configs" / "inference.json"
+    # the shipped network: inference.json's model section when a last fine-tune changed the architecture, else train.json's
+    model = (read_json(inference) if inference.is_file() else {}).get("model", train.get("model"))
+    if (last.get("stage"), last.get("model")) != (train.get("stage"), model):
+        raise ConfigError(f"{bundle}: the recipe's last stage {recipe[-1]!r} must train the bundle's network (train.json's 'stage', "
+                          "and the 'model' of inference.json, else of train.json)")
     return recipe
 
 

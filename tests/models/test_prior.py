@@ -228,3 +228,30 @@ def test_flip_ensemble_is_the_mean_of_the_four_mirrored_passes_and_commutes_with
                                net(lr.flip((-2, -1))).flip((-2, -1))]).mean(0)
         torch.testing.assert_close(tile, ref, atol=1e-6, rtol=0)
         assert not torch.allclose(tile, ens, atol=1e-4)
+
+
+@torch.no_grad()
+def test_background_ramp_keeps_the_start_image_in_air_and_the_sampled_image_above_it():
+    lr = torch.rand(1, 1, 16, 16) * 2 - 1
+    lr[..., :, :8] = -1.0  # an air half
+    plain = _sr(steps=2, sampler="uniform", threshold=0.0, stochastic=False)
+    lo, hi = -0.95, -0.8
+    ramped = _sr(steps=2, sampler="uniform", threshold=0.0, stochastic=False, background_ramp=[lo, hi])
+    ramped.load_state_dict(plain.state_dict())
+    up, sampled, out = plain.prior(lr), plain(lr), ramped(lr)
+    weight = ((up - lo) / (hi - lo)).clamp(0, 1)
+    torch.testing.assert_close(out, (up + weight * (sampled - up)).clamp(-1, 1), atol=1e-6, rtol=0)
+    assert torch.equal(out[up <= lo], up[up <= lo])
+    torch.testing.assert_close(out[up >= hi], sampled[up >= hi], atol=1e-6, rtol=0)
+    assert bool((up <= lo).any()) and bool((up >= hi).any())
+    assert ramped.last_info["background_ramp"] == [lo, hi] and plain.last_info["background_ramp"] is None
+    ramped.configure(steps=0)  # the fidelity mode is the start image everywhere already
+    torch.testing.assert_close(ramped(lr), plain.prior.flip_ensemble(lr))
+
+
+@pytest.mark.parametrize(
+    "ramp, message", [([-0.5, -0.9], "lo < hi"), ([-2.0, 0.0], "-1 <= lo"), ("air", r"\[lo, hi\]"), ([0.1], r"\[lo, hi\]")]
+)
+def test_a_bad_background_ramp_is_named(ramp, message):
+    with pytest.raises(ConfigError, match=message):
+        _sr(steps=1, background_ramp=ramp)

@@ -213,10 +213,11 @@ def test_recipe_output_folder_holds_the_stages_and_links_them(tmp_path, ct_folde
 
 
 def test_shipped_recipes_are_valid_and_x8s_runs_stage_by_stage(tmp_path, ct_folder):
-    """The shipped recipes as ``qdm-med train BUNDLE`` reads them; x8's ten stages (prior, its annealed
+    """The shipped recipes as ``qdm-med train BUNDLE`` reads them; x8's twelve stages (prior, its annealed
     continuation, its global-context continuation, window-level base, token-sparse fine-tune, LPIPS detail
     fine-tune, its continuation on the two lung scans and on the context prior's start, the context prior
-    refined and the detail QDM continued from its start) on a tiny copy, each stage starting from the one before."""
+    refined, the detail QDM continued from its start, trained through the TSS-4 plan, and with jump conditioning)
+    on a tiny copy, each stage starting from the one before."""
     from qdm_med.bundle import build_network
     from qdm_med.metrics.lpips_offline import build_lpips
     from qdm_med.training.api import recipe_of, train_recipe
@@ -225,7 +226,7 @@ def test_shipped_recipes_are_valid_and_x8s_runs_stage_by_stage(tmp_path, ct_fold
     stages = ["train_prior", "train_prior_anneal", "train_prior_context", "train", "train_detail", "train_detail_lungs",
               "train_detail_context"]
     assert recipes["qdm_ct_x8"] == [*stages[:3], "train_base", *stages[3:], "train_prior_refine", "train_detail_refine",
-                                    "train_detail_unrolled"]
+                                    "train_detail_unrolled", "train_detail_jump"]
     assert recipes["qdm_ct_x4"] == [*stages, "train_prior_refine", "train_prior_floor", "train_detail_refine",
                                     "train_detail_onestep", "train_detail_sparse", "train_detail_unrolled"]
     # x4's last stage runs from (and ships) the prior whose context is read over the body; the stages before ran
@@ -247,8 +248,9 @@ def test_shipped_recipes_are_valid_and_x8s_runs_stage_by_stage(tmp_path, ct_fold
         cfg["train"]["init_from"] = shipped["train"].get("init_from")
         (bundle / "configs" / f"{name}.json").write_text(json.dumps(cfg))
     result = train_recipe(bundle, data=ct_folder, max_steps=1, output=tmp_path / "out", quiet=True, device="cpu")
-    assert result["recipe"] == recipes["qdm_ct_x8"] and result["output"] == str(tmp_path / "out" / "qdm_ct_x8-train_detail_unrolled")
-    state = torch.load(tmp_path / "out" / "qdm_ct_x8-train_detail_unrolled" / "models" / "model.pt", weights_only=True)
+    assert result["recipe"] == recipes["qdm_ct_x8"] and result["output"] == str(tmp_path / "out" / "qdm_ct_x8-train_detail_jump")
+    state = torch.load(tmp_path / "out" / "qdm_ct_x8-train_detail_jump" / "models" / "model.pt", weights_only=True)
+    assert any(".up_jump." in k for k in state)  # the last stage adds the jump embedders the bundle's network has
     build_network(bundle).load_state_dict(state, strict=True)  # the last stage's run is the bundle's network
     refined = torch.load(tmp_path / "out" / "qdm_ct_x8-train_prior_refine" / "models" / "model.pt", weights_only=True)
     assert any(k.startswith("context.") for k in refined)

@@ -58,6 +58,11 @@ def tiny_bundle(dest: Path, name: str, extra: dict | None = None, recipe: bool =
     inf = json.loads((out / "configs" / "inference.json").read_text())
     if "sampling" in inf:
         inf["sampling"] = TINY["sampling"]
+    if "model" in inf:  # a last fine-tune's architecture (e.g. jump conditioning): shrunk like the stage configs,
+        if recipe:  # or, when one stage trains on its own, train.json's network instead
+            inf["model"] = {**inf["model"], **TINY["model"], **merged.get("model", {})}
+        else:
+            inf.pop("model")
     if not json.loads((out / "configs" / "train.json").read_text()).get("prior"):
         inf.pop("diffusion", None)  # the shipped bundles run from their prior; without one, run as train.json trains
     (out / "configs" / "inference.json").write_text(json.dumps(inf, indent=2))
