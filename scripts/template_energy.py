@@ -76,8 +76,7 @@ def main() -> None:
     if lpips is None:
         raise SystemExit("template_energy: the LPIPS weights are missing; run `qdm-med data fetch`")
     s = args.scale
-    specs = [("reference", args.reference)] + [(None, m) for m in args.method]
-    methods = [region_eval.build_method(m, s) for _, m in specs]
+    methods = [region_eval.build_method(m, s) for m in (args.reference, *args.method)]  # the reference first
     rows = []
     for path in args.hr.split(","):
         vol = load_volume(path)
