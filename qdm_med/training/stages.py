@@ -14,6 +14,7 @@ Optional terms (``train`` settings, all 0 by default):
   (a QDM bundle's ``models/model.pt``) it fine-tunes a trained model instead of starting from scratch.
   ``lpips_windows``: the HU windows LPIPS looks through (mean over them; default the model window). CT's
   soft-tissue contrast spans ~13 % of the 3072-HU model window, so LPIPS there barely sees its texture.
+  ``lpips_window_weights``: one positive weight per window (default equal); the term is their weighted mean.
 - QDM ``adversarial_weight``: the same patch-adversarial term on the decoded downstream prediction, through
   ``adversarial_window`` (HU; default the model window). An MSE/LPIPS-trained x0 prediction is a conditional
   mean and draws no texture; the adversary asks the detail mode for texture the HR has.
@@ -73,17 +74,23 @@ def window_view(x: torch.Tensor, model_window, view) -> torch.Tensor:
     return HUWindow(*view)(InverseHUWindow(*model_window)(x))
 
 
-def _lpips_windows(settings: dict) -> list[tuple[float, float]] | None:
-    """``train.lpips_windows`` as HU pairs (None: the model window itself)."""
-    views = settings["train"].get("lpips_windows")
+def _lpips_windows(settings: dict) -> tuple[list[tuple[float, float]], list[float]] | None:
+    """``train.lpips_windows`` as HU pairs and ``train.lpips_window_weights`` normalized to sum 1 (None: the
+    model window itself)."""
+    views, weights = settings["train"].get("lpips_windows"), settings["train"].get("lpips_window_weights")
     if not views:
+        if weights:
+            raise ConfigError("train.lpips_window_weights needs train.lpips_windows")
         return None
     out = []
     for v in views:
         if len(v) != 2 or not float(v[0]) < float(v[1]):
             raise ConfigError(f"train.lpips_windows {views}: each window is [low, high] HU with low < high")
         out.append((float(v[0]), float(v[1])))
-    return out
+    weights = [1.0] * len(out) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(out) or min(weights) <= 0:
+        raise ConfigError(f"train.lpips_window_weights {weights}: one positive weight per window of train.lpips_windows")
+    return out, [w / sum(weights) for w in weights]
 
 
 def _lpips_loss(module, pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -371,12 +378,12 @@ class QDMStage(_AdversaryHooks):
                                        stochastic=self.unroll_stochastic, generator=generator)
 
     def _lpips_term(self, pred: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
-        """LPIPS of (B, C, H, W) predictions against the HR, averaged over ``lpips_windows``."""
+        """LPIPS of (B, C, H, W) predictions against the HR, the weighted mean over ``lpips_windows``."""
         if self.lpips_windows is None:
             return _lpips_loss(self.lpips, pred, hr)
-        window = self.settings["window"]
-        terms = [_lpips_loss(self.lpips, window_view(pred, window, v), window_view(hr, window, v)) for v in self.lpips_windows]
-        return torch.stack(terms).mean()
+        window, (views, weights) = self.settings["window"], self.lpips_windows
+        terms = [w * _lpips_loss(self.lpips, window_view(pred, window, v), window_view(hr, window, v)) for v, w in zip(views, weights)]
+        return torch.stack(terms).sum()
 
     def _token_masks(self, lr: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """(B, h/2, w/2) token masks, sample i at a threshold drawn from ``token_mask_thresholds``."""

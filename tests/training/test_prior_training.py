@@ -159,6 +159,9 @@ def _recipe_bundle(tmp_path):
     cfg["diffusion"]["start"] = "prior"
     cfg["train"]["phases"] = []
     (bundle / "configs" / "train.json").write_text(json.dumps(cfg))
+    inf = json.loads((bundle / "configs" / "inference.json").read_text())
+    inf.pop("model", None)  # the shortened recipe ends on stage `train`, so the bundle ships train.json's network
+    (bundle / "configs" / "inference.json").write_text(json.dumps(inf))
     return bundle
 
 
@@ -228,13 +231,17 @@ def test_shipped_recipes_are_valid_and_x8s_runs_stage_by_stage(tmp_path, ct_fold
     assert recipes["qdm_ct_x8"] == [*stages[:3], "train_base", *stages[3:], "train_prior_refine", "train_detail_refine",
                                     "train_detail_unrolled", "train_detail_jump"]
     assert recipes["qdm_ct_x4"] == [*stages, "train_prior_refine", "train_prior_floor", "train_detail_refine",
-                                    "train_detail_onestep", "train_detail_sparse", "train_detail_unrolled"]
-    # x4's last stage runs from (and ships) the prior whose context is read over the body; the stages before ran
+                                    "train_detail_onestep", "train_detail_sparse", "train_detail_unrolled", "train_detail_jump"]
+    # x4's last stages run from (and ship) the prior whose context is read over the body; the stages before ran
     # from the refined prior, as they did
     x4 = {n: json.loads((REPO / "bundles" / "qdm_ct_x4" / "configs" / f"{n}.json").read_text())
-          for n in ("train", "train_prior_floor", "train_detail_refine", "train_detail_unrolled")}
+          for n in ("train", "train_prior_floor", "train_detail_refine", "train_detail_unrolled", "train_detail_jump", "inference")}
     assert x4["train_prior_floor"]["train"]["init_from"] == "runs/qdm_ct_x4-train_prior_refine/models/model.pt"
-    assert x4["train_detail_unrolled"]["prior"] == x4["train"]["prior"]
+    assert x4["train_detail_unrolled"]["prior"] == x4["train_detail_jump"]["prior"] == x4["train"]["prior"]
+    # the last stage continues the unrolled one and trains the network inference.json ships
+    assert x4["train_detail_jump"]["train"]["init_from"] == "runs/qdm_ct_x4-train_detail_unrolled/models/model.pt"
+    assert x4["train_detail_jump"]["model"] == x4["inference"]["model"]
+    assert x4["train_detail_jump"]["train"]["composite_threshold"] == x4["inference"]["detail"]["threshold"] == 0.3
     assert x4["train"]["prior"]["weights"] == "runs/qdm_ct_x4-train_prior_floor/models/model.pt"
     assert x4["train"]["prior"]["context_floor"] == x4["train_prior_floor"]["prior"]["context_floor"] == -0.9193
     assert "context_floor" not in x4["train_detail_refine"]["prior"]

@@ -567,10 +567,28 @@ def test_lpips_windows_average_the_term_over_views_and_reject_bad_windows(tmp_pa
     window = stage.settings["window"]
     expected = sum((window_view(pred, window, v) - window_view(hr, window, v)).abs().mean() for v in views) / 2
     assert torch.allclose(stage._lpips_term(pred, hr), expected)
-    bad_train = {"lpips_weight": 1.0, "lpips_path": str(lp), "lpips_windows": [[240, -160]]}
-    bad = tiny_bundle(tmp_path / "bad", "qdm_ct_x8", {"train": bad_train})
-    with pytest.raises(ConfigError, match="lpips_windows"):
-        QDMStage(bundle_settings(bad, "train"))
+    # weights 3:1 give the term of the list that repeats the first window three times
+    base = {"lpips_weight": 1.0, "lpips_path": str(lp)}
+    repeated = tiny_bundle(tmp_path / "rep", "qdm_ct_x8", {"train": {**base, "lpips_windows": [views[0]] * 3 + [views[1]]}})
+    weighted = tiny_bundle(tmp_path / "w", "qdm_ct_x8", {"train": {**base, "lpips_windows": views, "lpips_window_weights": [3, 1]}})
+    terms = []
+    for b in (repeated, weighted):
+        st = QDMStage(bundle_settings(b, "train"))
+        st.lpips = AbsDiff()
+        terms.append(st._lpips_term(pred, hr))
+    closed = (3 * (window_view(pred, window, views[0]) - window_view(hr, window, views[0])).abs().mean()
+              + (window_view(pred, window, views[1]) - window_view(hr, window, views[1])).abs().mean()) / 4
+    assert torch.allclose(terms[0], closed) and torch.allclose(terms[1], closed)
+    assert not torch.allclose(terms[1], expected)
+    for i, (bad_train, match) in enumerate([
+        ({"lpips_windows": [[240, -160]]}, "lpips_windows"),
+        ({"lpips_windows": views, "lpips_window_weights": [1.0]}, "lpips_window_weights"),
+        ({"lpips_windows": views, "lpips_window_weights": [1.0, 0.0]}, "lpips_window_weights"),
+        ({"lpips_window_weights": [1.0]}, "needs train.lpips_windows"),
+    ]):
+        bad = tiny_bundle(tmp_path / f"bad{i}", "qdm_ct_x8", {"train": {**base, **bad_train}})
+        with pytest.raises(ConfigError, match=match):
+            QDMStage(bundle_settings(bad, "train"))
 
 
 def _lpips_recorder(tmp_path):
