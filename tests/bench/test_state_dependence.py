@@ -27,16 +27,19 @@ class _Identity(torch.nn.Module):
 
 
 class _Network:
-    """QDM stand-in: ``mode`` "copy" un-normalises and returns its input x_t, "ignore" returns the conditioning."""
+    """QDM stand-in: ``mode`` "copy" un-normalises and returns its input x_t, "ignore" returns the conditioning,
+    "jump" (a jump-conditioned network) copies after a jump longer than one step and ignores its state otherwise."""
 
     def __init__(self, diffusion: ResShiftDiffusion, mode: str) -> None:
         self.diffusion, self.mode = diffusion, mode
+        self.jump_conditioning = mode == "jump"
 
     def conditioning(self, lr: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return y
 
-    def forward_sparse(self, x_in, t, cond, token_mask):
-        if self.mode == "ignore":
+    def forward_sparse(self, x_in, t, cond, token_mask, jump=None):
+        assert jump is None or self.jump_conditioning
+        if self.mode == "ignore" or (self.mode == "jump" and (jump is None or float(jump[0]) == 1.0)):
             return cond.clone(), {}
         return x_in / self.diffusion.normalize(torch.ones_like(x_in), int(t[0])), {}
 
@@ -69,6 +72,16 @@ def test_a_call_that_ignores_its_state_does_not_change(state_dependence):
     (row,) = out["rows"]
     assert row["t"] == 7 and row["change"] == 0.0
     assert row["err_y"] == row["err_x0"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_jump_reaches_a_jump_conditioned_call_and_is_refused_without_one(state_dependence):
+    start, hr = _pair()
+    sr = _sr("jump", start)
+    told = state_dependence.state_dependence(sr, start, hr, threshold=0.0, timesteps=(0,), jump=6.8)
+    default = state_dependence.state_dependence(sr, start, hr, threshold=0.0, timesteps=(0,))
+    assert told["rows"][0]["change"] == pytest.approx(1.0, abs=1e-5) and default["rows"][0]["change"] == 0.0
+    with pytest.raises(ValueError, match="no jump conditioning"):
+        state_dependence.state_dependence(_sr("copy", start), start, hr, threshold=0.0, jump=2.0)
 
 
 def test_a_start_equal_to_the_hr_is_refused(state_dependence):
