@@ -12,8 +12,9 @@ part its RMS falls as 1/sqrt(tiles).
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-__all__ = ["tiled_component", "tiled_share"]
+__all__ = ["tiled_component", "tiled_energy", "tiled_share"]
 
 
 def tiled_component(residual: np.ndarray, period: int, mask: np.ndarray | None = None) -> np.ndarray:
@@ -66,3 +67,17 @@ def tiled_share(residual: np.ndarray, period: int, mask: np.ndarray | None = Non
     tiled = tiled_component(r, period, m)
     total = float(np.mean(r[m] ** 2)) if m.any() else 0.0
     return float(np.mean(tiled[m] ** 2)) / total if total > 0 else 0.0
+
+
+def tiled_energy(residual: torch.Tensor, period: int) -> torch.Tensor:
+    """Mean square of the zero-mean ``period``-periodic part of a (N, C, H, W) residual batch, differentiable (a
+    training penalty on a patch-grid pattern); the tiles of every image and channel are pooled, as in
+    :func:`tiled_component` for a stack. H and W must be multiples of ``period``. Returns a scalar tensor."""
+    if residual.ndim != 4:
+        raise ValueError(f"residual must be (N, C, H, W); got shape {tuple(residual.shape)}")
+    n, c, h, w = residual.shape
+    if int(period) != period or period < 1 or h % period or w % period:
+        raise ValueError(f"period {period} must be a positive integer dividing the size {(h, w)}")
+    p = int(period)
+    tile = residual.reshape(n * c, h // p, p, w // p, p).mean(dim=(0, 1, 3))  # (p, p): each phase's mean
+    return (tile - tile.mean()).pow(2).mean()

@@ -27,6 +27,9 @@ Optional terms (``train`` settings, all 0 by default):
   call at a time at a random t never shows the model the states its own plan feeds it; unrolled, every call
   trains on them. ``"stochastic": true`` runs the plan as the stochastic sampler does (the prior's draw and each
   step's noise, from the training generator), so the model learns what to make of the noise it is given.
+- QDM ``tile_weight``: ``tile_weight`` x the mean square (HU^2) of the ``tile_period``-periodic part (HR pixels,
+  default 32: the upstream's patch) of the fine-tune's output minus the start image, pooled over the batch. A
+  patchified stream draws the same pattern in every patch where its tokens look alike, and LPIPS rewards it.
 - QDM ``t_final_prob``: probability that a sample trains at the prior's step t = T - 1 instead of a
   uniform step. The one-step sampler predicts x0 only there, while uniform steps spend 14 of 15 samples
   on steps where ``x_t`` already holds most of x0 (and the downstream stream learns to copy it).
@@ -47,6 +50,7 @@ import torch.nn.functional as F
 from qdm_med.bundle.factories import build_diffusion_from, build_first_stage_from, build_prior_from, build_qdm_from, build_sr_module
 from qdm_med.bundle.settings import diffusion_start
 from qdm_med.errors import ConfigError
+from qdm_med.metrics.periodic import tiled_energy
 from qdm_med.training.checkpoint import resolve_weights_path
 from qdm_med.training.scores import image_scores
 from qdm_med.transforms import bicubic_upsample
@@ -256,6 +260,10 @@ class QDMStage(_AdversaryHooks):
         self.unroll, self.unroll_weight, self.unroll_stochastic = self._unroll_settings(t)
         self.lpips = _lpips_module(settings) if self.lpips_weight > 0 else None
         self.lpips_windows = _lpips_windows(settings)
+        self.tile_weight, self.tile_period = float(t.get("tile_weight", 0.0)), t.get("tile_period", 32)
+        period_ok = int(self.tile_period) == self.tile_period and self.tile_period >= 1
+        if not (math.isfinite(self.tile_weight) and self.tile_weight >= 0 and period_ok):
+            raise ConfigError(f"train.tile_weight {self.tile_weight} / tile_period {self.tile_period}: weight >= 0, period an integer >= 1")
         self.adversarial_weight = float(t.get("adversarial_weight", 0.0))
         self.adversary = _adversary(settings, int(settings["in_channels"]), self.adversarial_weight)
         if t.get("init_from"):
@@ -352,7 +360,7 @@ class QDMStage(_AdversaryHooks):
             kwargs["token_mask"] = token_mask
         out = self.diffusion.training_loss(model, x0, y, cond, mask, t, noise=noise, l1=self.l1, l2=self.l2, model_kwargs=kwargs or None)
         loss, logs = out["loss"], {"mse_down": float(out["mse_down"]), "mse_up": float(out["mse_up"])}
-        if self.lpips is None and self.adversary is None and self.unroll is None:
+        if self.lpips is None and self.adversary is None and self.unroll is None and not self.tile_weight:
             return loss, logs
         pred = out["down"]
         if self.unroll is not None:  # the plan's output (deterministic unless unroll.stochastic), gradients through every step
@@ -365,6 +373,10 @@ class QDMStage(_AdversaryHooks):
         if self.lpips is not None:
             p = self._lpips_term(pred, hr)
             loss, logs["lpips"] = loss + self.lpips_weight * p, float(p.detach())
+        if self.tile_weight:  # in HU^2: the model's [-1, 1] spans the window
+            lo, hi = self.settings["window"]
+            tile = tiled_energy(pred - up, int(self.tile_period)) * ((hi - lo) / 2) ** 2
+            loss, logs["tile_hu2"] = loss + self.tile_weight * tile, float(tile.detach())
         return _add_adversarial(self.adversary, self.adversarial_weight, loss, logs, pred, hr)
 
     def _unrolled(self, model: nn.Module, y: torch.Tensor, cond: torch.Tensor, lr: torch.Tensor, masks, kwargs: dict,

@@ -76,3 +76,26 @@ def test_the_mask_confines_estimate_and_output():
 def test_bad_input_is_named(residual, period, mask, message):
     with pytest.raises(ValueError, match=message):
         tiled_component(residual, period, mask)
+
+
+def test_the_differentiable_energy_matches_the_numpy_component_and_its_gradient_removes_the_pattern():
+    import torch
+
+    from qdm_med.metrics.periodic import tiled_energy
+
+    rng = np.random.default_rng(5)
+    r = _tiled(rng.normal(size=(8, 8)), 32, 48)[None, None] * np.ones((3, 1, 1, 1)) + 0.5 * rng.normal(size=(3, 1, 32, 48))
+    expected = np.mean(tiled_component(r[:, 0], 8) ** 2)  # the stack's pooled pattern, squared, averaged
+    x = torch.tensor(r, requires_grad=True)
+    energy = tiled_energy(x, 8)
+    assert float(energy.detach()) == pytest.approx(expected, rel=1e-10)
+    energy.backward()
+    # one gradient step of the right size removes the pooled pattern and leaves the rest
+    n_tiles = 3 * (32 // 8) * (48 // 8)
+    stepped = (x - x.grad * (8 * 8) * n_tiles / 2).detach()
+    assert float(tiled_energy(stepped, 8)) == pytest.approx(0.0, abs=1e-20)
+    assert float(tiled_energy(torch.full((2, 1, 16, 16), 3.0), 8)) == 0.0  # an offset is no pattern
+    with pytest.raises(ValueError, match="dividing the size"):
+        tiled_energy(torch.zeros(1, 1, 20, 16), 8)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        tiled_energy(torch.zeros(16, 16), 8)

@@ -697,3 +697,42 @@ def test_unroll_judges_the_deterministic_plans_output_and_trains_through_every_s
     assert calls[0]["stochastic"] is True and calls[0]["generator"] is gen
     plain = stage_for("plain", composite_threshold=0.5, unroll={"sampler": "tss", "steps": 2})
     assert stage.unroll_stochastic and not plain.unroll_stochastic
+
+
+def test_tile_weight_adds_the_tiled_energy_of_the_output_in_hu_and_rejects_bad_settings(tmp_path, monkeypatch):
+    """``train.tile_weight`` adds weight x the mean square (HU^2) of the ``tile_period``-periodic part of the decoded
+    prediction minus the start image: the same loss without it differs by exactly that."""
+    from qdm_med.bundle import bundle_settings
+    from qdm_med.metrics.periodic import tiled_energy
+    from qdm_med.training.stages import QDMStage
+
+    def stage_for(name, **train):
+        bundle = tiny_bundle(tmp_path / name, "qdm_ct_x8", {"train": {"composite_threshold": 0.5, **train}})
+        return QDMStage(bundle_settings(bundle, "train"))
+
+    g = torch.Generator().manual_seed(0)
+    lr = torch.rand(2, 1, 4, 4, generator=g) * 2 - 1
+    hr = torch.rand(2, 1, 32, 32, generator=g) * 2 - 1
+    plain, tiled = stage_for("plain"), stage_for("tiled", tile_weight=0.5, tile_period=8)
+    with torch.no_grad():  # the output layers start at zero (the prediction is the start): give them weights
+        for p in plain.model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    tiled.model.load_state_dict(plain.model.state_dict())
+    seen = []
+
+    def recording(residual, period):
+        seen.append((residual.detach().clone(), period))
+        return tiled_energy(residual, period)
+
+    monkeypatch.setattr("qdm_med.training.stages.tiled_energy", recording)
+    base, _ = plain.loss(plain.model, hr, lr, torch.Generator().manual_seed(0))
+    assert not seen  # without the weight the term is not computed
+    loss, logs = tiled.loss(tiled.model, hr, lr, torch.Generator().manual_seed(0))
+    (residual, period), = seen
+    lo, hi = tiled.settings["window"]
+    assert period == 8 and residual.shape == hr.shape and logs["tile_hu2"] > 0
+    assert logs["tile_hu2"] == pytest.approx(float(tiled_energy(residual, 8)) * ((hi - lo) / 2) ** 2, rel=1e-6)  # in HU^2
+    assert float(loss - base) == pytest.approx(0.5 * logs["tile_hu2"], rel=1e-4)
+    for i, bad in enumerate([{"tile_weight": -1.0}, {"tile_weight": 1.0, "tile_period": 0}, {"tile_weight": 1.0, "tile_period": 2.5}]):
+        with pytest.raises(ConfigError, match="tile_weight"):
+            stage_for(f"bad{i}", **bad)
