@@ -264,6 +264,9 @@ class QDMStage(_AdversaryHooks):
         period_ok = int(self.tile_period) == self.tile_period and self.tile_period >= 1
         if not (math.isfinite(self.tile_weight) and self.tile_weight >= 0 and period_ok):
             raise ConfigError(f"train.tile_weight {self.tile_weight} / tile_period {self.tile_period}: weight >= 0, period an integer >= 1")
+        crop = settings.get("data", {}).get("crop_size")
+        if self.tile_weight and crop and int(crop) % int(self.tile_period):
+            raise ConfigError(f"train.tile_period {self.tile_period} must divide data.crop_size {crop}")
         self.adversarial_weight = float(t.get("adversarial_weight", 0.0))
         self.adversary = _adversary(settings, int(settings["in_channels"]), self.adversarial_weight)
         if t.get("init_from"):

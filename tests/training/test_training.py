@@ -736,3 +736,5 @@ def test_tile_weight_adds_the_tiled_energy_of_the_output_in_hu_and_rejects_bad_s
     for i, bad in enumerate([{"tile_weight": -1.0}, {"tile_weight": 1.0, "tile_period": 0}, {"tile_weight": 1.0, "tile_period": 2.5}]):
         with pytest.raises(ConfigError, match="tile_weight"):
             stage_for(f"bad{i}", **bad)
+    with pytest.raises(ConfigError, match="must divide data.crop_size 32"):  # the tiny bundle's crops
+        stage_for("crop", tile_weight=1.0, tile_period=24)
