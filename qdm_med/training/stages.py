@@ -260,12 +260,13 @@ class QDMStage(_AdversaryHooks):
         self.unroll, self.unroll_weight, self.unroll_stochastic = self._unroll_settings(t)
         self.lpips = _lpips_module(settings) if self.lpips_weight > 0 else None
         self.lpips_windows = _lpips_windows(settings)
-        self.tile_weight, self.tile_period = float(t.get("tile_weight", 0.0)), t.get("tile_period", 32)
-        period_ok = int(self.tile_period) == self.tile_period and self.tile_period >= 1
+        self.tile_weight, period = float(t.get("tile_weight", 0.0)), t.get("tile_period", 32)
+        period_ok = isinstance(period, (int, float)) and int(period) == period and period >= 1
         if not (math.isfinite(self.tile_weight) and self.tile_weight >= 0 and period_ok):
-            raise ConfigError(f"train.tile_weight {self.tile_weight} / tile_period {self.tile_period}: weight >= 0, period an integer >= 1")
+            raise ConfigError(f"train.tile_weight {self.tile_weight} / tile_period {period}: weight >= 0, period an integer >= 1")
+        self.tile_period = int(period)
         crop = settings.get("data", {}).get("crop_size")
-        if self.tile_weight and crop and int(crop) % int(self.tile_period):
+        if self.tile_weight and crop and int(crop) % self.tile_period:
             raise ConfigError(f"train.tile_period {self.tile_period} must divide data.crop_size {crop}")
         self.adversarial_weight = float(t.get("adversarial_weight", 0.0))
         self.adversary = _adversary(settings, int(settings["in_channels"]), self.adversarial_weight)
@@ -378,7 +379,7 @@ class QDMStage(_AdversaryHooks):
             loss, logs["lpips"] = loss + self.lpips_weight * p, float(p.detach())
         if self.tile_weight:  # in HU^2: the model's [-1, 1] spans the window
             lo, hi = self.settings["window"]
-            tile = tiled_energy(pred - up, int(self.tile_period)) * ((hi - lo) / 2) ** 2
+            tile = tiled_energy(pred - up, self.tile_period) * ((hi - lo) / 2) ** 2
             loss, logs["tile_hu2"] = loss + self.tile_weight * tile, float(tile.detach())
         return _add_adversarial(self.adversary, self.adversarial_weight, loss, logs, pred, hr)
 
